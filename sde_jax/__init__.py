@@ -1,0 +1,1 @@
+"""sde_jax: score-based generative modeling through stochastic differential equations in JAX."""

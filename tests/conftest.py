@@ -1,0 +1,16 @@
+"""Test-wide JAX settings.
+
+Implicit rank promotion is an error so that a forgotten ``t[:, None, ...]`` cannot silently
+broadcast a per-sample quantity along the wrong axis. Compiled executables are cached on disk so that
+repeated runs of the suite skip XLA compilation, which dominates test time on a 2-core machine.
+"""
+
+import os
+import pathlib
+
+import jax
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+_cache = pathlib.Path(os.environ.get("SDE_JAX_TEST_CACHE", pathlib.Path(__file__).parent.parent / ".jax_cache"))
+jax.config.update("jax_compilation_cache_dir", str(_cache))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
