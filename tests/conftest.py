@@ -7,8 +7,12 @@ repeated runs of the suite skip XLA compilation, which dominates test time on a 
 
 import os
 import pathlib
+import sys
 
 import jax
+
+# Test helpers (tests/gaussians.py) import as top-level modules.
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 _cache = pathlib.Path(os.environ.get("SDE_JAX_TEST_CACHE", pathlib.Path(__file__).parent.parent / ".jax_cache"))
