@@ -1,0 +1,210 @@
+r"""Elementary layers shared by the score networks (NHWC layout throughout).
+
+Initialization follows the DDPM convention used by the paper's networks: every convolution and dense
+kernel is drawn from a fan-average uniform variance-scaling distribution, biases are zero, and the
+last layer of each residual branch is scaled by ``init_scale`` (``0`` means "almost zero", so that
+each block starts as the identity and the whole network starts near zero).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+NONLINEARITIES: dict[str, Callable[[Array], Array]] = {
+    "swish": nn.swish,
+    "relu": nn.relu,
+    "elu": nn.elu,
+    "lrelu": lambda x: nn.leaky_relu(x, negative_slope=0.2),
+}
+
+
+def get_act(name: str) -> Callable[[Array], Array]:
+    """Returns the nonlinearity called ``name`` (``swish``, ``relu``, ``elu`` or ``lrelu``)."""
+    try:
+        return NONLINEARITIES[name.lower()]
+    except KeyError:
+        raise ValueError(
+            f"unknown `nonlinearity` {name!r}; expected one of {sorted(NONLINEARITIES)}"
+        ) from None
+
+
+def default_init(scale: float = 1.0) -> nn.initializers.Initializer:
+    """Fan-average uniform variance scaling; a zero ``scale`` becomes ``1e-10``.
+
+    A tiny positive scale rather than an exact zero keeps the kernels distinct from each other (they
+    stay random), while making the layer's output negligible at initialization.
+    """
+    scale = 1e-10 if scale == 0 else scale
+    return nn.initializers.variance_scaling(scale, "fan_avg", "uniform")
+
+
+def conv3x3(
+    features: int, *, stride: int = 1, init_scale: float = 1.0, padding="SAME_1", name=None
+) -> nn.Conv:
+    """A 3x3 convolution with one pixel of zero padding on each side (the default)."""
+    pad = ((1, 1), (1, 1)) if padding == "SAME_1" else padding
+    return nn.Conv(
+        features,
+        (3, 3),
+        strides=(stride, stride),
+        padding=pad,
+        kernel_init=default_init(init_scale),
+        bias_init=nn.initializers.zeros,
+        name=name,
+    )
+
+
+def conv1x1(features: int, *, init_scale: float = 1.0, name=None) -> nn.Conv:
+    """A 1x1 convolution."""
+    return nn.Conv(
+        features,
+        (1, 1),
+        padding="VALID",
+        kernel_init=default_init(init_scale),
+        bias_init=nn.initializers.zeros,
+        name=name,
+    )
+
+
+def dense(features: int, *, init_scale: float = 1.0, name=None) -> nn.Dense:
+    """A dense layer (also used as the channel-mixing "network in network" of attention blocks)."""
+    return nn.Dense(
+        features,
+        kernel_init=default_init(init_scale),
+        bias_init=nn.initializers.zeros,
+        name=name,
+    )
+
+
+def group_norm(num_groups: int, name=None) -> nn.GroupNorm:
+    """Group normalization with the networks' epsilon of ``1e-6``.
+
+    The two-pass variance is used: the one-pass ``E[x^2] - E[x]^2`` loses digits on activations with
+    a large mean, which would break float32 parity with the reference networks.
+    """
+    return nn.GroupNorm(num_groups=num_groups, epsilon=1e-6, use_fast_variance=False, name=name)
+
+
+def ncsnpp_groups(channels: int) -> int:
+    """Number of groups NCSN++ uses for ``channels`` channels: :math:`\\min(C / 4, 32)`."""
+    return min(channels // 4, 32)
+
+
+def timestep_embedding(timesteps: Array, dim: int, max_positions: int = 10_000) -> Array:
+    r"""Sinusoidal embedding of (possibly fractional) timesteps, shape ``[B] -> [B, dim]``.
+
+    .. math:: e = [\sin(t\,\omega_0), \dots, \sin(t\,\omega_{h-1}), \cos(t\,\omega_0), \dots],
+        \quad \omega_k = P^{-k / (h - 1)},\ h = \lfloor dim / 2 \rfloor,\ P = \text{max\_positions},
+
+    zero-padded by one column when ``dim`` is odd.
+    """
+    if timesteps.ndim != 1:
+        raise ValueError(f"timesteps must have shape [B]; got {timesteps.shape}")
+    half = dim // 2
+    freqs = jnp.exp(jnp.arange(half, dtype=jnp.float32) * -(np.log(max_positions) / (half - 1)))
+    angles = timesteps.astype(jnp.float32)[:, None] * freqs[None, :]
+    emb = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=1)
+    if dim % 2 == 1:
+        emb = jnp.pad(emb, ((0, 0), (0, 1)))
+    return emb
+
+
+class GaussianFourierProjection(nn.Module):
+    r"""Random Fourier features of a scalar: :math:`[\sin(2\pi x W), \cos(2\pi x W)]`.
+
+    ``W ~ N(0, scale^2)`` of size ``embedding_size`` is stored as a parameter (so checkpoints carry
+    it) but receives no gradient.
+
+    Attributes:
+        embedding_size: number of frequencies; the output has twice as many features.
+        scale: standard deviation of the frequencies.
+    """
+
+    embedding_size: int = 256
+    scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        w = self.param("W", nn.initializers.normal(stddev=self.scale), (self.embedding_size,))
+        w = jax.lax.stop_gradient(w)
+        proj = x[:, None] * w[None, :] * (2 * np.pi)
+        return jnp.concatenate([jnp.sin(proj), jnp.cos(proj)], axis=-1)
+
+
+class AttnBlock(nn.Module):
+    r"""Single-head self-attention over all pixels, with a residual connection.
+
+    ``out = x + proj(softmax(q k^T / sqrt(C)) v)``, divided by :math:`\sqrt2` when
+    ``skip_rescale``; ``q, k, v`` are per-pixel linear maps of the group-normalized input.
+
+    Attributes:
+        num_groups: groups of the input normalization.
+        skip_rescale: divide the residual sum by :math:`\sqrt2`.
+        init_scale: initialization scale of the output projection.
+    """
+
+    num_groups: int
+    skip_rescale: bool = False
+    init_scale: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        b, height, width, c = x.shape
+        h = group_norm(self.num_groups, name="norm")(x)
+        q = dense(c, init_scale=0.1, name="q")(h)
+        k = dense(c, init_scale=0.1, name="k")(h)
+        v = dense(c, init_scale=0.1, name="v")(h)
+        logits = jnp.einsum("bhwc,bijc->bhwij", q, k) * (c**-0.5)
+        weights = jax.nn.softmax(logits.reshape(b, height, width, height * width), axis=-1)
+        weights = weights.reshape(b, height, width, height, width)
+        h = jnp.einsum("bhwij,bijc->bhwc", weights, v)
+        h = dense(c, init_scale=self.init_scale, name="out")(h)
+        return (x + h) / np.sqrt(2.0) if self.skip_rescale else x + h
+
+
+def check_choice(field: str, value: str, choices: Sequence[str]) -> None:
+    """Raises ``ValueError`` naming ``field`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"unknown `{field}` {value!r}; expected one of {list(choices)}")
+
+
+def level_resolutions(x_shape: Sequence[int], num_levels: int) -> list[int]:
+    """Feature-map widths of the ``num_levels`` levels of a U-Net for an NHWC input shape.
+
+    Raises:
+        ValueError: if the image is not 4-D or its size is not divisible by the total down-sampling
+            factor :math:`2^{L-1}`.
+    """
+    if len(x_shape) != 4:
+        raise ValueError(f"expected an NHWC batch [B, H, W, C]; got shape {tuple(x_shape)}")
+    factor = 2 ** (num_levels - 1)
+    _, height, width, _ = x_shape
+    if height % factor or width % factor:
+        raise ValueError(
+            f"image size {height}x{width} is not divisible by the down-sampling factor {factor} "
+            f"of the {num_levels} levels of `ch_mult`"
+        )
+    return [width // 2**i for i in range(num_levels)]
+
+
+def check_attn_resolutions(attn_resolutions: Sequence[int], resolutions: Sequence[int]) -> None:
+    """Raises ``ValueError`` if an attention resolution is not one of the levels' widths."""
+    missing = sorted(set(attn_resolutions) - set(resolutions))
+    if missing:
+        raise ValueError(
+            f"`attn_resolutions` {list(attn_resolutions)} contains {missing}, which does not occur; "
+            f"the feature-map widths of this network at this image size are {list(resolutions)}"
+        )
+
+
+def sigma_table(sigma_min: float, sigma_max: float, num_scales: int) -> np.ndarray:
+    r"""The discrete SMLD noise levels indexed by integer labels, from :math:`\sigma_{\max}` down to
+    :math:`\sigma_{\min}` (geometric), float32 ``[num_scales]``."""
+    return np.exp(np.linspace(np.log(sigma_max), np.log(sigma_min), num_scales)).astype(np.float32)
