@@ -3,8 +3,8 @@ r"""Convert the paper's released PyTorch (score_sde_pytorch) checkpoints to this
 Python API:
 
 - :func:`model_from_config` builds the :class:`~sde_jax.models.NCSNpp` or
-  :class:`~sde_jax.models.DDPM` described by one of the paper's configs (a dict or ``ConfigDict`` with
-  the original field names: ``config.model.*``, ``config.data.*``, ``config.training.*``).
+  :class:`~sde_jax.models.DDPM` described by one of the paper's configs (a dict or ``ConfigDict``
+  with the original field names: ``config.model.*``, ``config.data.*``, ``config.training.*``).
 - :func:`load_score_sde_pytorch` turns a PyTorch ``state_dict`` (names -> arrays) into
   ``(model, variables)``; ``model.apply(variables, x_nhwc, labels)`` is the network output in eval
   mode. Loading is strict: missing or unexpected names and wrong shapes raise ``ValueError``.
@@ -27,8 +27,8 @@ Output format (read back with :func:`load_converted`), a directory with:
   ``sde_jax.models.get_model(name, **fields)`` rebuilds the module.
 - ``checkpoint/``: an Orbax (``PyTreeCheckpointer``) checkpoint of
   ``{"params": ..., "ema_params": ..., "step": int}``; ``{"params": params}`` and
-  ``{"params": ema_params}`` are variables for ``model.apply``. The EMA weights are the ones the paper
-  samples and evaluates with.
+  ``{"params": ema_params}`` are variables for ``model.apply``. The EMA weights are the ones the
+  paper samples and evaluates with.
 """
 
 from __future__ import annotations
@@ -97,9 +97,11 @@ _RULES = {
     + _nin("k", "NIN_1")
     + _nin("v", "NIN_2")
     + _nin("out", "NIN_3"),
-    "resample": _sub("conv", "Conv_0", _CONV_RULES)
-    + [(("fir_conv", "conv", "kernel"), "Conv2d_0.weight", _CONV)]
-    + [(("fir_conv", "conv", "bias"), "Conv2d_0.bias", _IDENTITY)],
+    "resample": [
+        *_sub("conv", "Conv_0", _CONV_RULES),
+        (("fir_conv", "conv", "kernel"), "Conv2d_0.weight", _CONV),
+        (("fir_conv", "conv", "bias"), "Conv2d_0.bias", _IDENTITY),
+    ],
     "combine": _sub("conv", "Conv_0", _CONV_RULES),
 }
 

@@ -199,7 +199,8 @@ def check_attn_resolutions(attn_resolutions: Sequence[int], resolutions: Sequenc
     missing = sorted(set(attn_resolutions) - set(resolutions))
     if missing:
         raise ValueError(
-            f"`attn_resolutions` {list(attn_resolutions)} contains {missing}, which does not occur; "
+            f"`attn_resolutions` {list(attn_resolutions)} contains {missing}, which does not "
+            f"occur; "
             f"the feature-map widths of this network at this image size are {list(resolutions)}"
         )
 

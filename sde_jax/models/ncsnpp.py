@@ -3,11 +3,11 @@ r"""NCSN++ and DDPM++: the U-Net score networks of the paper (NHWC).
 One module expresses both families; the paper's DDPM++ is NCSN++ with ``fir=False``,
 ``progressive_input='none'`` and the positional embedding (see :mod:`sde_jax.models.presets`).
 
-The network maps an image batch ``x`` ``[B, H, W, C]`` and a conditioning input ``labels`` ``[B]`` to
-an output of the same shape as ``x``. ``labels`` is the noise level :math:`\sigma` for the Fourier
-embedding (which embeds :math:`\log\sigma`), and a (possibly fractional) timestep for the positional
-embedding, e.g. :math:`999\,t` for continuous VP/sub-VP models; :func:`sde_jax.models.make_score_fn`
-forms it from :math:`t`.
+The network maps an image batch ``x`` ``[B, H, W, C]`` and a conditioning input ``labels``
+``[B]`` to an output of the same shape as ``x``. ``labels`` is the noise level :math:`\sigma` for
+the Fourier embedding (which embeds :math:`\log\sigma`), and a (possibly fractional) timestep for
+the positional embedding, e.g. :math:`999\,t` for continuous VP/sub-VP models;
+:func:`sde_jax.models.make_score_fn` forms it from :math:`t`.
 
 Structure, for :math:`L` = ``len(ch_mult)`` levels: an input convolution; per level
 ``num_res_blocks`` residual blocks (with attention at the widths in ``attn_resolutions``) and a
