@@ -11,6 +11,7 @@ import flax.linen as nn
 
 from sde_jax.models.ddpm import DDPM
 from sde_jax.models.ncsnpp import NCSNpp
+from sde_jax.models.score_fn import make_score_fn, network_labels
 
 MODELS: dict[str, type[nn.Module]] = {"ncsnpp": NCSNpp, "ddpm": DDPM}
 
@@ -32,4 +33,4 @@ def get_model(name: str, **fields) -> nn.Module:
     return cls(**fields)
 
 
-__all__ = ["DDPM", "MODELS", "NCSNpp", "get_model"]
+__all__ = ["DDPM", "MODELS", "NCSNpp", "get_model", "make_score_fn", "network_labels"]
