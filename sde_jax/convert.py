@@ -563,7 +563,8 @@ def load_converted(out_dir: str | pathlib.Path) -> tuple[nn.Module, dict, dict]:
     """Reads a directory written by :func:`save_converted`.
 
     Returns:
-        ``(model, {"params", "ema_params", "step"}, meta)`` with ``meta`` the parsed ``model.json``.
+        ``(model, {"params", "ema_params", "step"}, meta)`` with ``meta`` the parsed ``model.json``;
+        the parameters are numpy arrays.
     """
     import orbax.checkpoint as ocp
 
@@ -572,7 +573,16 @@ def load_converted(out_dir: str | pathlib.Path) -> tuple[nn.Module, dict, dict]:
     if meta.get("format") != FORMAT_VERSION:
         raise ValueError(f"{out}: unsupported format {meta.get('format')!r}")
     model = get_model(meta["model"]["name"], **meta["model"]["fields"])
-    tree = ocp.PyTreeCheckpointer().restore(out / "checkpoint")
+    ckptr = ocp.PyTreeCheckpointer()
+    # Restore every leaf as a host numpy array, which needs no device or sharding information.
+    abstract = ckptr.metadata(out / "checkpoint")
+    abstract = getattr(abstract, "item_metadata", abstract)
+    abstract = getattr(abstract, "tree", abstract)
+    restore_args = jax.tree_util.tree_map(
+        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract
+    )
+    tree = ckptr.restore(out / "checkpoint", restore_args=restore_args)
+    tree["step"] = int(tree["step"])
     return model, tree, meta
 
 

@@ -21,9 +21,7 @@ def main(src: str) -> None:
     out_dir = pathlib.Path(__file__).parent
     for name in ("ncsnpp_small_ve", "ncsnpp_small_subvp"):
         ckpt = torch.load(src_dir / f"{name}_checkpoint.pth", map_location="cpu", weights_only=True)
-        arrays = {
-            f"shadow/{i:04d}": p.numpy() for i, p in enumerate(ckpt["ema"]["shadow_params"])
-        }
+        arrays = {f"shadow/{i:04d}": p.numpy() for i, p in enumerate(ckpt["ema"]["shadow_params"])}
         arrays["step"] = np.asarray(ckpt["step"])
         arrays["out_nhwc"] = np.load(src_dir / f"{name}_ema_out.npz")["out_nhwc"]
         np.savez(out_dir / f"{name}_ema.npz", **arrays)
