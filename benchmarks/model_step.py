@@ -1,0 +1,204 @@
+"""Forward and training-step time of the paper's CIFAR-10 networks.
+
+For each network: parameter count, XLA's FLOP count of the compiled computation
+(``compiled.cost_analysis()``), compile time, and the median wall time of
+
+- ``forward``: the network in eval mode on a batch;
+- ``train step``: continuous DSM loss (with dropout), its gradient and an Adam update.
+
+Usage::
+
+    python benchmarks/model_step.py [--batch 8] [--repeats 5] [--models ddpmpp ncsnpp]
+        [--threads N] [--json out.json]
+
+``--threads 1`` restricts XLA's CPU backend to one thread (set before JAX starts), for comparison
+with single-core figures; ``taskset -c 0`` additionally pins the process to one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per measurement")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=["ddpmpp", "ncsnpp"],
+        choices=["ddpmpp", "ncsnpp", "ddpm"],
+    )
+    p.add_argument("--threads", type=int, default=None, help="XLA CPU threads (default: all)")
+    p.add_argument("--skip-train", action="store_true", help="time the forward pass only")
+    p.add_argument("--json", default=None, help="also write the results to this file")
+    return p.parse_args(argv)
+
+
+ARGS = parse_args()
+if ARGS.threads is not None:
+    # Must be set before the XLA CPU client is created.
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "")
+        + f" --xla_cpu_multi_thread_eigen={'false' if ARGS.threads == 1 else 'true'}"
+        + f" intra_op_parallelism_threads={ARGS.threads}"
+    )
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from sde_jax.models import make_score_fn  # noqa: E402
+from sde_jax.models.presets import preset  # noqa: E402
+from sde_jax.sde import VESDE, VPSDE  # noqa: E402
+
+CONFIGS = {
+    # name: (preset key, SDE, reduce_mean)
+    "ddpmpp": ("vp/cifar10_ddpmpp_continuous", VPSDE(), True),
+    "ncsnpp": ("ve/cifar10_ncsnpp_continuous", VESDE(), False),
+    "ddpm": ("vp/ddpm/cifar10_continuous", VPSDE(), True),
+}
+
+
+def hardware() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": usable,
+        "xla_threads": ARGS.threads or "all",
+        "devices": [str(d) for d in jax.devices()],
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def flops_of(compiled) -> float:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, list | tuple):
+        cost = cost[0] if cost else {}
+    return float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+
+def timed(fn, *args, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def dsm_loss(sde, score_fn, reduce_mean, params, key, x0):
+    k_t, k_z, k_drop = jax.random.split(key, 3)
+    t = jax.random.uniform(k_t, (x0.shape[0],), minval=1e-5, maxval=1.0)
+    z = jax.random.normal(k_z, x0.shape)
+    mean, std = sde.marginal_prob(x0, t)
+    xt = mean + std[:, None, None, None] * z
+    score = score_fn({"params": params}, xt, t, train=True, key=k_drop)
+    sq = ((score * std[:, None, None, None] + z) ** 2).reshape(x0.shape[0], -1)
+    per_example = jnp.mean(sq, -1) if reduce_mean else 0.5 * jnp.sum(sq, -1)
+    return jnp.mean(per_example)
+
+
+def bench(name: str) -> dict:
+    key, sde, reduce_mean = CONFIGS[name]
+    model = preset(key)
+    b = ARGS.batch
+    x0 = jax.random.uniform(jax.random.PRNGKey(0), (b, 32, 32, 3))
+    if model.centered:
+        x0 = 2 * x0 - 1
+    t = jnp.full((b,), 0.5)
+    params = jax.jit(model.init)(jax.random.PRNGKey(1), x0, t)["params"]
+    n_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
+    score_fn = make_score_fn(sde, model)
+    result = {"model": name, "preset": key, "batch": b, "params": n_params}
+
+    forward = jax.jit(lambda p, x, t: score_fn({"params": p}, x, t))
+    start = time.perf_counter()
+    compiled = forward.lower(params, x0, t).compile()
+    result["forward_compile_s"] = time.perf_counter() - start
+    result["forward_gflop"] = flops_of(compiled) / 1e9
+    result["forward_s"] = timed(compiled, params, x0, t, repeats=ARGS.repeats)
+    result["forward_gflops_per_s"] = result["forward_gflop"] / result["forward_s"]
+    print_row(result, "forward")
+
+    if not ARGS.skip_train:
+        opt = optax.adam(2e-4, b1=0.9, eps=1e-8)
+        opt_state = opt.init(params)
+
+        def train_step(params, opt_state, key, x0):
+            loss, grads = jax.value_and_grad(
+                lambda p: dsm_loss(sde, score_fn, reduce_mean, p, key, x0)
+            )(params)
+            updates, opt_state = opt.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, loss
+
+        step = jax.jit(train_step, donate_argnums=(0, 1))
+        k = jax.random.PRNGKey(2)
+        start = time.perf_counter()
+        compiled = step.lower(params, opt_state, k, x0).compile()
+        result["train_compile_s"] = time.perf_counter() - start
+        result["train_gflop"] = flops_of(compiled) / 1e9
+        state = [params, opt_state]
+
+        def run():
+            state[0], state[1], loss = compiled(state[0], state[1], k, x0)
+            return loss
+
+        result["first_loss"] = float(run())
+        result["train_step_s"] = timed(run, repeats=ARGS.repeats)
+        result["train_gflops_per_s"] = result["train_gflop"] / result["train_step_s"]
+        print_row(result, "train")
+    return result
+
+
+def print_row(r: dict, kind: str) -> None:
+    if kind == "forward":
+        print(
+            f"{r['model']:8s} forward     {r['forward_s']:8.3f} s  "
+            f"{r['forward_gflop']:8.1f} GFLOP  "
+            f"{r['forward_gflops_per_s']:7.1f} GFLOP/s  (compile {r['forward_compile_s']:.1f} s, "
+            f"{r['params']:,} params, batch {r['batch']})",
+            flush=True,
+        )
+    else:
+        print(
+            f"{r['model']:8s} train step  {r['train_step_s']:8.3f} s  "
+            f"{r['train_gflop']:8.1f} GFLOP  "
+            f"{r['train_gflops_per_s']:7.1f} GFLOP/s  (compile {r['train_compile_s']:.1f} s, "
+            f"first loss {r['first_loss']:.4g})",
+            flush=True,
+        )
+
+
+def main() -> int:
+    hw = hardware()
+    print("hardware: " + ", ".join(f"{k}={v}" for k, v in hw.items()), flush=True)
+    results = [bench(name) for name in ARGS.models]
+    if ARGS.json:
+        with open(ARGS.json, "w") as f:
+            json.dump({"hardware": hw, "results": results}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
