@@ -88,8 +88,9 @@ class GaussianMixture:
     @classmethod
     def gaussian(cls, mean, cov, event_shape=None) -> GaussianMixture:
         """A single Gaussian with mean ``[D]`` and covariance ``[D, D]``."""
-        return cls.from_covariances(jnp.ones(1), jnp.asarray(mean)[None], jnp.asarray(cov)[None],
-                                    event_shape)
+        return cls.from_covariances(
+            jnp.ones(1), jnp.asarray(mean)[None], jnp.asarray(cov)[None], event_shape
+        )
 
     @property
     def dim(self) -> int:
@@ -177,4 +178,3 @@ class GaussianMixture:
             raise ValueError("`fisher_trace` has a closed form only for a single Gaussian (K = 1).")
         m, s = sde.marginal_coefs(t)
         return jnp.sum(1.0 / (m[:, None] ** 2 * self.eigvals[0][None] + s[:, None] ** 2), axis=-1)
-

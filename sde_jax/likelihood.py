@@ -91,8 +91,15 @@ def log_likelihood(
         raise ValueError(f"`x` must be [B, *event]; got shape {tuple(x.shape)}.")
     eps = _check_eps(sde, eps)
     return _log_likelihood(
-        key, sde, x, jnp.asarray(eps, jnp.float32), jnp.asarray(rtol, jnp.float32),
-        jnp.asarray(atol, jnp.float32), score_fn=score_fn, trace=trace, solver=solver,
+        key,
+        sde,
+        x,
+        jnp.asarray(eps, jnp.float32),
+        jnp.asarray(rtol, jnp.float32),
+        jnp.asarray(atol, jnp.float32),
+        score_fn=score_fn,
+        trace=trace,
+        solver=solver,
         max_steps=max_steps,
     )
 
@@ -111,8 +118,14 @@ def _log_likelihood_impl(key, sde, x, eps, rtol, atol, *, score_fn, trace, solve
         return f, _sum_event(jvp * probe)
 
     (z, delta_logp), nfe = solve_ode(
-        vector_field, (x, jnp.zeros((batch,), x.dtype)), eps, sde.T, solver=solver, rtol=rtol,
-        atol=atol, max_steps=max_steps,
+        vector_field,
+        (x, jnp.zeros((batch,), x.dtype)),
+        eps,
+        sde.T,
+        solver=solver,
+        rtol=rtol,
+        atol=atol,
+        max_steps=max_steps,
     )
     return sde.prior_logp(z) + delta_logp, z, nfe.astype(jnp.int32)
 

@@ -31,7 +31,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from sde_jax.sde import SDE, SubVPSDE, VESDE, VPSDE, batch_broadcast
+from sde_jax.sde import SDE, VESDE, VPSDE, SubVPSDE, batch_broadcast
 
 Array = jax.Array
 # score_fn(params, x, t, *, train, key) -> score, as returned by sde_jax.models.make_score_fn.
@@ -162,4 +162,3 @@ def make_loss_fn(
         return jnp.mean(losses)
 
     return loss_fn
-

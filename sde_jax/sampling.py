@@ -40,7 +40,7 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
-from sde_jax.sde import SDE, SubVPSDE, VESDE, VPSDE, ScoreFn, batch_broadcast
+from sde_jax.sde import SDE, VESDE, VPSDE, ScoreFn, SubVPSDE, batch_broadcast
 
 Array = jax.Array
 
@@ -260,11 +260,18 @@ def pc_sample(
 @functools.partial(
     jax.jit,
     static_argnames=(
-        "score_fn", "shape", "predictor", "corrector", "n_steps", "denoise", "probability_flow",
+        "score_fn",
+        "shape",
+        "predictor",
+        "corrector",
+        "n_steps",
+        "denoise",
+        "probability_flow",
     ),
 )
-def _pc_sample(key, sde, snr, eps, *, score_fn, shape, predictor, corrector, n_steps, denoise,
-               probability_flow):
+def _pc_sample(
+    key, sde, snr, eps, *, score_fn, shape, predictor, corrector, n_steps, denoise, probability_flow
+):
     predict = PREDICTORS[predictor]
     correct = CORRECTORS[corrector]
     k_prior, k_loop = jax.random.split(key)
@@ -276,6 +283,9 @@ def _pc_sample(key, sde, snr, eps, *, score_fn, shape, predictor, corrector, n_s
         t = jnp.full((shape[0],), times[i])
         k_corr, k_pred = jax.random.split(jax.random.fold_in(k_loop, i))
         x, x_mean = correct(k_corr, sde, score_fn, x, t, snr, n_steps)
+        if predictor == "none":
+            # Corrector-only sampling denoises with the corrector's last mean.
+            return x, x_mean
         return predict(k_pred, sde, score_fn, x, t, probability_flow)
 
     x, x_mean = jax.lax.fori_loop(0, sde.N, body, (x, x))
@@ -380,9 +390,7 @@ def ode_sample(
     )
 
 
-@functools.partial(
-    jax.jit, static_argnames=("score_fn", "shape", "solver", "denoise", "max_steps")
-)
+@functools.partial(jax.jit, static_argnames=("score_fn", "shape", "solver", "denoise", "max_steps"))
 def _ode_sample(key, sde, z, eps, rtol, atol, *, score_fn, shape, solver, denoise, max_steps):
     x = sde.prior_sampling(key, shape) if z is None else z
     rsde = sde.reverse(score_fn, probability_flow=True)
@@ -390,8 +398,9 @@ def _ode_sample(key, sde, z, eps, rtol, atol, *, score_fn, shape, solver, denois
     def vector_field(t, x, args):
         return rsde.sde(x, jnp.full((shape[0],), t))[0]
 
-    x, nfe = solve_ode(vector_field, x, sde.T, eps, solver=solver, rtol=rtol, atol=atol,
-                       max_steps=max_steps)
+    x, nfe = solve_ode(
+        vector_field, x, sde.T, eps, solver=solver, rtol=rtol, atol=atol, max_steps=max_steps
+    )
     if denoise:
         x = denoise_step(sde, score_fn, x, jnp.full((shape[0],), eps))
         nfe = nfe + 1

@@ -15,6 +15,8 @@ import jax
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
-_cache = pathlib.Path(os.environ.get("SDE_JAX_TEST_CACHE", pathlib.Path(__file__).parent.parent / ".jax_cache"))
+_cache = pathlib.Path(
+    os.environ.get("SDE_JAX_TEST_CACHE", pathlib.Path(__file__).parent.parent / ".jax_cache")
+)
 jax.config.update("jax_compilation_cache_dir", str(_cache))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

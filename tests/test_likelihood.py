@@ -4,13 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from gaussians import image_gaussian_full, mixture_2d
 from hlo import loop_bodies_and_host_ops
+
 from sde_jax import likelihood
 from sde_jax.closed_form import GaussianMixture
 from sde_jax.likelihood import bits_per_dim, log_likelihood
-from sde_jax.sde import SubVPSDE, VESDE, VPSDE
+from sde_jax.sde import VESDE, VPSDE, SubVPSDE
 
 SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE()}
 EPS = 1e-5
@@ -30,8 +30,9 @@ def test_exact_trace_matches_exact_log_density(name):
     gm = _centered_mixture()
     x = gm.sample(jax.random.key(1), 64)
     exact = gm.marginal_log_prob(sde, x, jnp.full((64,), EPS))
-    logp, z, nfe = log_likelihood(jax.random.key(2), gm.score_fn(sde), sde, x, trace="exact",
-                                  eps=EPS)
+    logp, _, nfe = log_likelihood(
+        jax.random.key(2), gm.score_fn(sde), sde, x, trace="exact", eps=EPS
+    )
     assert float(jnp.mean(jnp.abs(logp - exact))) < 0.01
     assert 20 < int(nfe) < 1000
 
@@ -126,8 +127,16 @@ def test_log_likelihood_compiles_once_and_runs_on_device():
     log_likelihood(jax.random.key(2), score_fn, sde, x + 0.1)
     assert len(traces) == n > 0
     lowered = likelihood._log_likelihood.lower(
-        jax.random.key(0), sde, x, 1e-5, 1e-5, 1e-5, score_fn=gm.score_fn(sde),
-        trace="rademacher", solver="dopri5", max_steps=64,
+        jax.random.key(0),
+        sde,
+        x,
+        1e-5,
+        1e-5,
+        1e-5,
+        score_fn=gm.score_fn(sde),
+        trace="rademacher",
+        solver="dopri5",
+        max_steps=64,
     )
     n_loops, host_ops = loop_bodies_and_host_ops(lowered.compile().as_text())
     assert n_loops >= 1 and host_ops == []
@@ -137,7 +146,7 @@ def test_bad_input():
     sde = VPSDE()
     score_fn = mixture_2d().score_fn(sde)
     x = jnp.zeros((2, 2))
-    with pytest.raises(ValueError, match="`trace` must be one of.*exact"):
+    with pytest.raises(ValueError, match=r"`trace` must be one of.*exact"):
         log_likelihood(jax.random.key(0), score_fn, sde, x, trace="hutchinson")
     with pytest.raises(ValueError, match="`solver` must be one of"):
         log_likelihood(jax.random.key(0), score_fn, sde, x, solver="rk45")

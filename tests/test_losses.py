@@ -4,11 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from gaussians import image_gaussian_full
 from scipy import integrate
 
-from gaussians import image_gaussian_full
 from sde_jax.losses import likelihood_weight_antiderivative, make_loss_fn, sample_importance_time
-from sde_jax.sde import SubVPSDE, VESDE, VPSDE
+from sde_jax.sde import VESDE, VPSDE, SubVPSDE
 
 SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE()}
 EPS = 1e-5
@@ -78,8 +78,9 @@ def test_importance_sampling_keeps_expectation_and_lowers_variance(name):
     score_fn = _exact_score_fn(gm, sde)
     results = {}
     for is_on in (False, True):
-        loss_fn = make_loss_fn(sde, score_fn, likelihood_weighting=True,
-                               importance_weighting=is_on, eps=EPS)
+        loss_fn = make_loss_fn(
+            sde, score_fn, likelihood_weighting=True, importance_weighting=is_on, eps=EPS
+        )
         # Batches of one example, so the spread is that of the per-example estimator.
         losses = _loss_samples(loss_fn, 20000, lambda k: gm.sample(k, 1))
         se = losses.std(ddof=1) / np.sqrt(len(losses))
@@ -106,8 +107,9 @@ def test_importance_times_follow_the_likelihood_weight(name):
     ks = np.max(np.abs(empirical - cdf / cdf[-1]))
     assert ks < 1.63 / np.sqrt(len(t)), ks  # Kolmogorov–Smirnov at the 1% level.
     f = likelihood_weight_antiderivative(sde, jnp.asarray([0.2, 0.6]))
-    np.testing.assert_allclose(float(f[1] - f[0]), np.interp(0.6, grid, cdf) -
-                               np.interp(0.2, grid, cdf), rtol=1e-4)
+    np.testing.assert_allclose(
+        float(f[1] - f[0]), np.interp(0.6, grid, cdf) - np.interp(0.2, grid, cdf), rtol=1e-4
+    )
 
 
 @pytest.mark.parametrize("name", ["vp", "ve"])
@@ -122,7 +124,9 @@ def test_discrete_losses_at_exact_score(name):
         m = np.asarray(sde.sqrt_alphas_cumprod, np.float64)
         s = np.asarray(sde.sqrt_1m_alphas_cumprod, np.float64)
     eig = np.asarray(gm.eigvals[0], np.float64)
-    expected = np.mean(0.5 * np.sum(m[:, None] ** 2 * eig / (m[:, None] ** 2 * eig + s[:, None] ** 2), -1))
+    expected = np.mean(
+        0.5 * np.sum(m[:, None] ** 2 * eig / (m[:, None] ** 2 * eig + s[:, None] ** 2), -1)
+    )
     m_j, s_j = jnp.asarray(m, jnp.float32), jnp.asarray(s, jnp.float32)
 
     def score_fn(params, x, t, train, key):

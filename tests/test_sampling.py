@@ -6,12 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from gaussians import energy_distance, image_gaussian_diag, mixture_2d
 from hlo import loop_bodies_and_host_ops
+
 from sde_jax import sampling
 from sde_jax.sampling import CORRECTORS, PREDICTORS, SOLVERS, ode_sample, pc_sample
-from sde_jax.sde import SubVPSDE, VESDE, VPSDE
+from sde_jax.sde import VESDE, VPSDE, SubVPSDE
 
 SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE()}
 N_SAMPLES = 2000
@@ -36,10 +36,12 @@ def _null(target):
     """
     gm = TARGETS[target]()
     reference = gm.sample(jax.random.key(10_000), N_SAMPLES)
-    null = np.stack([
-        _stats(gm, gm.sample(jax.random.key(20_000 + i), N_SAMPLES), reference)
-        for i in range(NULL_REPS)
-    ])
+    null = np.stack(
+        [
+            _stats(gm, gm.sample(jax.random.key(20_000 + i), N_SAMPLES), reference)
+            for i in range(NULL_REPS)
+        ]
+    )
     return gm, reference, null.mean(0) + 4 * null.std(0, ddof=1)
 
 
@@ -84,8 +86,15 @@ def test_pc_sampler_matches_exact_mixture(sde_name, predictor, corrector):
     sde = SDES[sde_name]
     gm = mixture_2d()
     settings = _corrector_settings(sde_name, predictor, corrector)
-    x, nfe = pc_sample(jax.random.key(1), gm.score_fn(sde), sde, (N_SAMPLES, 2),
-                       predictor=predictor, corrector=corrector, **settings)
+    x, nfe = pc_sample(
+        jax.random.key(1),
+        gm.score_fn(sde),
+        sde,
+        (N_SAMPLES, 2),
+        predictor=predictor,
+        corrector=corrector,
+        **settings,
+    )
     _assert_matches_exact("mixture_2d", x)
     per_step = (predictor != "none") + (corrector != "none") * settings["n_steps"]
     assert int(nfe) == sde.N * per_step
@@ -97,8 +106,15 @@ def test_pc_sampler_matches_exact_mixture(sde_name, predictor, corrector):
 def test_pc_probability_flow_matches_exact_mixture(sde_name, predictor, corrector):
     sde = SDES[sde_name]
     gm = mixture_2d()
-    x, _ = pc_sample(jax.random.key(2), gm.score_fn(sde), sde, (N_SAMPLES, 2),
-                     predictor=predictor, corrector=corrector, probability_flow=True)
+    x, _ = pc_sample(
+        jax.random.key(2),
+        gm.score_fn(sde),
+        sde,
+        (N_SAMPLES, 2),
+        predictor=predictor,
+        corrector=corrector,
+        probability_flow=True,
+    )
     _assert_matches_exact("mixture_2d", x)
 
 
@@ -115,9 +131,15 @@ def test_pc_sampler_matches_exact_image_gaussian(sde_name):
 def test_pc_sampler_matches_exact_image_gaussian_all_pairs(sde_name, predictor, corrector):
     sde = SDES[sde_name]
     gm = image_gaussian_diag()
-    x, _ = pc_sample(jax.random.key(4), gm.score_fn(sde), sde, (N_SAMPLES, *gm.event_shape),
-                     predictor=predictor, corrector=corrector,
-                     **_corrector_settings(sde_name, predictor, corrector))
+    x, _ = pc_sample(
+        jax.random.key(4),
+        gm.score_fn(sde),
+        sde,
+        (N_SAMPLES, *gm.event_shape),
+        predictor=predictor,
+        corrector=corrector,
+        **_corrector_settings(sde_name, predictor, corrector),
+    )
     _assert_matches_exact("image_8x8x3", x)
 
 
@@ -127,8 +149,9 @@ def test_pc_sampler_matches_exact_image_gaussian_all_pairs(sde_name, predictor, 
 def test_ode_sampler_matches_exact(sde_name, target, solver):
     sde = SDES[sde_name]
     gm = TARGETS[target]()
-    x, nfe = ode_sample(jax.random.key(5), gm.score_fn(sde), sde, (N_SAMPLES, *gm.event_shape),
-                        solver=solver)
+    x, nfe = ode_sample(
+        jax.random.key(5), gm.score_fn(sde), sde, (N_SAMPLES, *gm.event_shape), solver=solver
+    )
     _assert_matches_exact(target, x)
     assert 20 < int(nfe) < 1000
 
@@ -144,8 +167,9 @@ def test_ode_nfe_is_exact(solver):
         jax.debug.callback(lambda: calls.append(None))
         return gm.score(sde, x, t)
 
-    x, nfe = ode_sample(jax.random.key(0), counting_score, sde, (8, 2), solver=solver, rtol=1e-3,
-                        atol=1e-3)
+    x, nfe = ode_sample(
+        jax.random.key(0), counting_score, sde, (8, 2), solver=solver, rtol=1e-3, atol=1e-3
+    )
     jax.block_until_ready(x)
     jax.effects_barrier()
     assert int(nfe) == len(calls) > 0
@@ -190,14 +214,24 @@ def test_samplers_compile_once(kind):
     assert not np.allclose(x1, x2) and not np.allclose(x2, x3)
 
 
-@pytest.mark.parametrize("predictor, corrector", [("reverse_diffusion", "langevin"),
-                                                  ("ancestral_sampling", "ald")])
+@pytest.mark.parametrize(
+    "predictor, corrector", [("reverse_diffusion", "langevin"), ("ancestral_sampling", "ald")]
+)
 def test_pc_loop_runs_on_device(predictor, corrector):
     sde = VPSDE(N=20)
     gm = mixture_2d()
     lowered = sampling._pc_sample.lower(
-        jax.random.key(0), sde, 0.16, 1e-3, score_fn=gm.score_fn(sde), shape=(4, 2),
-        predictor=predictor, corrector=corrector, n_steps=1, denoise=True, probability_flow=False,
+        jax.random.key(0),
+        sde,
+        0.16,
+        1e-3,
+        score_fn=gm.score_fn(sde),
+        shape=(4, 2),
+        predictor=predictor,
+        corrector=corrector,
+        n_steps=1,
+        denoise=True,
+        probability_flow=False,
     )
     n_loops, host_ops = loop_bodies_and_host_ops(lowered.compile().as_text())
     assert n_loops >= 1 and host_ops == []
@@ -207,8 +241,17 @@ def test_ode_loop_runs_on_device():
     sde = VESDE()
     gm = mixture_2d()
     lowered = sampling._ode_sample.lower(
-        jax.random.key(0), sde, None, 1e-5, 1e-5, 1e-5, score_fn=gm.score_fn(sde), shape=(4, 2),
-        solver="dopri5", denoise=True, max_steps=64,
+        jax.random.key(0),
+        sde,
+        None,
+        1e-5,
+        1e-5,
+        1e-5,
+        score_fn=gm.score_fn(sde),
+        shape=(4, 2),
+        solver="dopri5",
+        denoise=True,
+        max_steps=64,
     )
     n_loops, host_ops = loop_bodies_and_host_ops(lowered.compile().as_text())
     assert n_loops >= 1 and host_ops == []
@@ -224,8 +267,16 @@ def test_host_op_detector_sees_a_callback_in_the_loop():
         return gm.score(sde, x, t)
 
     lowered = sampling._pc_sample.lower(
-        jax.random.key(0), sde, 0.16, 1e-3, score_fn=chatty, shape=(4, 2),
-        predictor="reverse_diffusion", corrector="none", n_steps=1, denoise=True,
+        jax.random.key(0),
+        sde,
+        0.16,
+        1e-3,
+        score_fn=chatty,
+        shape=(4, 2),
+        predictor="reverse_diffusion",
+        corrector="none",
+        n_steps=1,
+        denoise=True,
         probability_flow=False,
     )
     assert loop_bodies_and_host_ops(lowered.compile().as_text())[1]
@@ -252,16 +303,20 @@ def test_pc_bad_input(kwargs, match):
 
 def test_ancestral_sampling_on_subvp_raises():
     sde = SubVPSDE(N=10)
-    with pytest.raises(ValueError, match="ancestral_sampling.*VESDE and VPSDE"):
-        pc_sample(jax.random.key(0), mixture_2d().score_fn(sde), sde, (4, 2),
-                  predictor="ancestral_sampling")
+    with pytest.raises(ValueError, match=r"ancestral_sampling.*VESDE and VPSDE"):
+        pc_sample(
+            jax.random.key(0),
+            mixture_2d().score_fn(sde),
+            sde,
+            (4, 2),
+            predictor="ancestral_sampling",
+        )
 
 
 def test_ode_bad_input():
     sde = VPSDE()
     score_fn = mixture_2d().score_fn(sde)
-    with pytest.raises(ValueError, match="`solver` must be one of.*dopri5"):
+    with pytest.raises(ValueError, match=r"`solver` must be one of.*dopri5"):
         ode_sample(jax.random.key(0), score_fn, sde, (4, 2), solver="rk45")
     with pytest.raises(ValueError, match="`z` must have shape"):
         ode_sample(jax.random.key(0), score_fn, sde, (4, 2), z=jnp.zeros((3, 2)))
-

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sde_jax.sde import SDE, SubVPSDE, VESDE, VPSDE
+from sde_jax.sde import SDE, VESDE, VPSDE, SubVPSDE
 
 F32_EPS = float(np.finfo(np.float32).eps)
 TIMES = [9.999999747378752e-06, 0.0010000000474974513, 0.25, 0.5, 1.0]
@@ -16,45 +16,118 @@ TIMES = [9.999999747378752e-06, 0.0010000000474974513, 0.25, 0.5, 1.0]
 # sigma 0.01..50, N = 1000); copied from the project's reference material.
 REFERENCE = {
     "vp": {
-        "mean_coef": [0.9999995231628418, 0.9999450445175171, 0.7236571907997131,
-                      0.2811828851699829, 0.006571585778146982],
-        "std": [0.0010066175600513816, 0.010486685670912266, 0.6901596188545227,
-                0.9596542119979858, 0.9999783635139465],
-        "drift_at_x1": [-0.05009949952363968, -0.059950001537799835, -2.5374999046325684,
-                        -5.025000095367432, -10.0],
-        "diffusion": [0.31654226779937744, 0.3462657928466797, 2.2527759075164795,
-                      3.170173406600952, 4.4721360206604],
-        "discretize_f_at_x1": [-5.0008296966552734e-05, -5.0008296966552734e-05,
-                               -0.002533257007598877, -0.005032658576965332,
-                               -0.010050475597381592],
-        "discretize_G": [0.009999999776482582, 0.009999999776482582, 0.07113409787416458,
-                         0.10019999742507935, 0.1414213478565216],
+        "mean_coef": [
+            0.9999995231628418,
+            0.9999450445175171,
+            0.7236571907997131,
+            0.2811828851699829,
+            0.006571585778146982,
+        ],
+        "std": [
+            0.0010066175600513816,
+            0.010486685670912266,
+            0.6901596188545227,
+            0.9596542119979858,
+            0.9999783635139465,
+        ],
+        "drift_at_x1": [
+            -0.05009949952363968,
+            -0.059950001537799835,
+            -2.5374999046325684,
+            -5.025000095367432,
+            -10.0,
+        ],
+        "diffusion": [
+            0.31654226779937744,
+            0.3462657928466797,
+            2.2527759075164795,
+            3.170173406600952,
+            4.4721360206604,
+        ],
+        "discretize_f_at_x1": [
+            -5.0008296966552734e-05,
+            -5.0008296966552734e-05,
+            -0.002533257007598877,
+            -0.005032658576965332,
+            -0.010050475597381592,
+        ],
+        "discretize_G": [
+            0.009999999776482582,
+            0.009999999776482582,
+            0.07113409787416458,
+            0.10019999742507935,
+            0.1414213478565216,
+        ],
     },
     "subvp": {
-        "mean_coef": [0.9999995231628418, 0.9999450445175171, 0.7236571907997131,
-                      0.2811828851699829, 0.006571585778146982],
-        "std": [1.0132789611816406e-06, 0.0001099705696105957, 0.4763202667236328,
-                0.9209361672401428, 0.9999567866325378],
-        "drift_at_x1": [-0.05009949952363968, -0.059950001537799835, -2.5374999046325684,
-                        -5.025000095367432, -10.0],
-        "diffusion": [0.00045062077697366476, 0.005134568549692631, 1.9191741943359375,
-                      3.1602494716644287, 4.4721360206604],
-        "discretize_f_at_x1": [-5.0099501095246524e-05, -5.9950005379505455e-05,
-                               -0.002537500113248825, -0.005025000311434269,
-                               -0.010000000707805157],
-        "discretize_G": [1.424988113285508e-05, 0.0001623693242436275, 0.060689620673656464,
-                         0.0999358668923378, 0.1414213627576828],
+        "mean_coef": [
+            0.9999995231628418,
+            0.9999450445175171,
+            0.7236571907997131,
+            0.2811828851699829,
+            0.006571585778146982,
+        ],
+        "std": [
+            1.0132789611816406e-06,
+            0.0001099705696105957,
+            0.4763202667236328,
+            0.9209361672401428,
+            0.9999567866325378,
+        ],
+        "drift_at_x1": [
+            -0.05009949952363968,
+            -0.059950001537799835,
+            -2.5374999046325684,
+            -5.025000095367432,
+            -10.0,
+        ],
+        "diffusion": [
+            0.00045062077697366476,
+            0.005134568549692631,
+            1.9191741943359375,
+            3.1602494716644287,
+            4.4721360206604,
+        ],
+        "discretize_f_at_x1": [
+            -5.0099501095246524e-05,
+            -5.9950005379505455e-05,
+            -0.002537500113248825,
+            -0.005025000311434269,
+            -0.010000000707805157,
+        ],
+        "discretize_G": [
+            1.424988113285508e-05,
+            0.0001623693242436275,
+            0.060689620673656464,
+            0.0999358668923378,
+            0.1414213627576828,
+        ],
     },
     "ve": {
         "mean_coef": [1.0] * 5,
-        "std": [0.010000851936638355, 0.010085536167025566, 0.08408963680267334,
-                0.7071067690849304, 50.0],
+        "std": [
+            0.010000851936638355,
+            0.010085536167025566,
+            0.08408963680267334,
+            0.7071067690849304,
+            50.0,
+        ],
         "drift_at_x1": [0.0] * 5,
-        "diffusion": [0.041276250034570694, 0.041625767946243286, 0.3470609486103058,
-                      2.9184231758117676, 206.36367797851562],
+        "diffusion": [
+            0.041276250034570694,
+            0.041625767946243286,
+            0.3470609486103058,
+            2.9184231758117676,
+            206.36367797851562,
+        ],
         "discretize_f_at_x1": [0.0] * 5,
-        "discretize_G": [0.009999999776482582, 0.009999999776482582, 0.010864300653338432,
-                         0.09155159443616867, 6.501295566558838],
+        "discretize_G": [
+            0.009999999776482582,
+            0.009999999776482582,
+            0.010864300653338432,
+            0.09155159443616867,
+            6.501295566558838,
+        ],
     },
 }
 PRIOR_LOGP_ZEROS_32x32x3 = {"vp": -2822.979248046875, "ve": -14840.7138671875}
@@ -68,8 +141,14 @@ def _values(sde: SDE) -> dict[str, np.ndarray]:
     mean, std = sde.marginal_prob(x, t)
     drift, diffusion = sde.sde(x, t)
     f, g = sde.discretize(x, t)
-    out = dict(mean_coef=mean[:, 0], std=std, drift_at_x1=drift[:, 0], diffusion=diffusion,
-               discretize_f_at_x1=f[:, 0], discretize_G=g)
+    out = dict(
+        mean_coef=mean[:, 0],
+        std=std,
+        drift_at_x1=drift[:, 0],
+        diffusion=diffusion,
+        discretize_f_at_x1=f[:, 0],
+        discretize_G=g,
+    )
     return {k: np.asarray(v, np.float64) for k, v in out.items()}
 
 
@@ -105,21 +184,37 @@ def test_matches_reference_constants(name):
     else:
         np.testing.assert_allclose(got["std"], ref["std"], rtol=1e-6, atol=one_ulp)
         # diffusion^2 = beta (1 - exp(-2B)), discretize_G^2 = diffusion^2 / N.
-        np.testing.assert_allclose(got["diffusion"] ** 2 / beta,
-                                   np.square(ref["diffusion"]) / beta, rtol=1e-6, atol=one_ulp)
-        np.testing.assert_allclose(got["discretize_G"] ** 2 * 1000 / beta,
-                                   np.square(ref["discretize_G"]) * 1000 / beta, rtol=1e-6,
-                                   atol=one_ulp)
+        np.testing.assert_allclose(
+            got["diffusion"] ** 2 / beta,
+            np.square(ref["diffusion"]) / beta,
+            rtol=1e-6,
+            atol=one_ulp,
+        )
+        np.testing.assert_allclose(
+            got["discretize_G"] ** 2 * 1000 / beta,
+            np.square(ref["discretize_G"]) * 1000 / beta,
+            rtol=1e-6,
+            atol=one_ulp,
+        )
 
 
 def test_discrete_tables_and_prior_match_reference():
     vp, ve = VPSDE(), VESDE()
-    np.testing.assert_allclose(vp.discrete_betas[jnp.array([0, -1])],
-                               [9.999999747378752e-05, 0.019999999552965164], rtol=4 * F32_EPS)
-    np.testing.assert_allclose(vp.sqrt_1m_alphas_cumprod[jnp.array([0, -1])],
-                               [0.010000829584896564, 0.9999797940254211], rtol=1e-6)
-    np.testing.assert_allclose(ve.discrete_sigmas[jnp.array([0, -1])],
-                               [0.009999999776482582, 50.000003814697266], rtol=8 * F32_EPS)
+    np.testing.assert_allclose(
+        vp.discrete_betas[jnp.array([0, -1])],
+        [9.999999747378752e-05, 0.019999999552965164],
+        rtol=4 * F32_EPS,
+    )
+    np.testing.assert_allclose(
+        vp.sqrt_1m_alphas_cumprod[jnp.array([0, -1])],
+        [0.010000829584896564, 0.9999797940254211],
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        ve.discrete_sigmas[jnp.array([0, -1])],
+        [0.009999999776482582, 50.000003814697266],
+        rtol=8 * F32_EPS,
+    )
     z = jnp.zeros((1, 32, 32, 3))
     np.testing.assert_allclose(vp.prior_logp(z), [PRIOR_LOGP_ZEROS_32x32x3["vp"]], rtol=1e-6)
     np.testing.assert_allclose(ve.prior_logp(z), [PRIOR_LOGP_ZEROS_32x32x3["ve"]], rtol=1e-6)
@@ -190,8 +285,9 @@ def test_reverse_is_paper_equations_6_and_13(name, probability_flow):
     weight = 0.5 if probability_flow else 1.0
     drift, g = sde.sde(x, t)
     r_drift, r_g = rsde.sde(x, t)
-    np.testing.assert_allclose(r_drift, drift - weight * g[:, None] ** 2 * score_fn(x, t),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        r_drift, drift - weight * g[:, None] ** 2 * score_fn(x, t), rtol=1e-6
+    )
     np.testing.assert_allclose(r_g, 0.0 * g if probability_flow else g)
     f, big_g = sde.discretize(x, t)
     r_f, r_big_g = rsde.discretize(x, t)
