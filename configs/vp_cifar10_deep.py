@@ -1,0 +1,9 @@
+"""DDPM++ cont. deep (VP) on CIFAR-10."""
+
+from configs.defaults import cifar10
+
+
+def get_config():
+    config = cifar10("vpsde", "vp/cifar10_ddpmpp_deep_continuous")
+    config.training.n_iters = 950000
+    return config

@@ -1,0 +1,308 @@
+"""Typed, validated views of the program's ml-collections config sections.
+
+``main.py`` turns each section of a config (``config.sde``, ``config.model``, ``config.training``,
+``config.optim``, ``config.sampling``, ``config.eval``) into one of the frozen dataclasses here; no
+library function takes a ConfigDict. Every conversion rejects unknown and missing fields and
+out-of-range choices with an error naming the field and the allowed values, so a typo on the command
+line (``--config.training.batchsize=64``) fails before any work is done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from sde_jax.sde import SDE, VESDE, VPSDE, SubVPSDE
+
+T = TypeVar("T")
+
+
+def _as_dict(section: Any) -> dict[str, Any]:
+    if hasattr(section, "to_dict"):
+        return section.to_dict()
+    if isinstance(section, Mapping):
+        return dict(section)
+    raise TypeError(f"expected a config section (ConfigDict or mapping); got {type(section)}")
+
+
+def from_section(cls: type[T], section: Any, name: str) -> T:
+    """Builds dataclass ``cls`` from a config ``section`` named ``name`` (for error messages)."""
+    values = _as_dict(section)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown field(s) {unknown} in config.{name}; known: {sorted(fields)}")
+    missing = [
+        f.name
+        for f in fields.values()
+        if f.name not in values
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ValueError(f"config.{name} is missing field(s) {missing}")
+    return cls(**values)
+
+
+def _check_choice(section: str, field: str, value: Any, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(
+            f"config.{section}.{field} must be one of {sorted(allowed)}; got {value!r}"
+        )
+
+
+def _check_positive(section: str, field: str, value: float, allow_zero: bool = False) -> None:
+    if not (value > 0 or (allow_zero and value == 0)):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"config.{section}.{field} must be {bound}; got {value!r}")
+
+
+SDE_NAMES = ("vesde", "vpsde", "subvpsde")
+
+
+@dataclasses.dataclass(frozen=True)
+class SDEConfig:
+    """``config.sde``: which forward SDE, and its constants."""
+
+    name: str
+    num_scales: int = 1000
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    sigma_min: float = 0.01
+    sigma_max: float = 50.0
+
+    def __post_init__(self):
+        _check_choice("sde", "name", self.name, SDE_NAMES)
+        _check_positive("sde", "num_scales", self.num_scales)
+        if self.name == "vesde" and not 0 < self.sigma_min < self.sigma_max:
+            raise ValueError("config.sde needs 0 < sigma_min < sigma_max")
+        if self.name != "vesde" and not 0 < self.beta_min <= self.beta_max:
+            raise ValueError("config.sde needs 0 < beta_min <= beta_max")
+
+    def build(self) -> SDE:
+        if self.name == "vesde":
+            return VESDE(self.sigma_min, self.sigma_max, self.num_scales)
+        cls = VPSDE if self.name == "vpsde" else SubVPSDE
+        return cls(self.beta_min, self.beta_max, self.num_scales)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """``config.model``: the network (``name`` and its module fields) and the EMA rate.
+
+    ``fields`` are passed to :func:`sde_jax.models.get_model`, which rejects unknown ones. The
+    network's discrete noise table (``sigma_min``, ``sigma_max``, ``num_scales``) is taken from
+    ``config.sde`` and its input centering from ``config.data.centered``, so the sections cannot
+    disagree.
+    """
+
+    name: str
+    ema_rate: float
+    fields: dict
+
+    @classmethod
+    def from_config(cls, section: Any) -> ModelConfig:
+        values = _as_dict(section)
+        for key in ("name", "ema_rate"):
+            if key not in values:
+                raise ValueError(f"config.model is missing field {key!r}")
+        name, ema = values.pop("name"), values.pop("ema_rate")
+        out = cls(name, float(ema), values)
+        if not 0.0 <= out.ema_rate < 1.0:
+            raise ValueError(f"config.model.ema_rate must be in [0, 1); got {out.ema_rate}")
+        return out
+
+    def build(self, sde_config: SDEConfig, centered: bool):
+        from sde_jax.models import get_model
+
+        derived = ("sigma_min", "sigma_max", "num_scales", "centered")
+        clash = sorted(set(derived) & set(self.fields))
+        if clash:
+            raise ValueError(
+                f"config.model must not set {clash}: they come from config.sde and "
+                "config.data.centered"
+            )
+        fields = dict(self.fields)
+        fields.update(
+            sigma_min=sde_config.sigma_min,
+            sigma_max=sde_config.sigma_max,
+            num_scales=sde_config.num_scales,
+            centered=centered,
+        )
+        return get_model(self.name, **fields)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """``config.training``."""
+
+    batch_size: int
+    n_iters: int
+    snapshot_freq: int
+    log_freq: int
+    eval_freq: int
+    snapshot_freq_for_preemption: int
+    snapshot_sampling: bool = True
+    n_snapshot_samples: int = 64
+    continuous: bool = True
+    reduce_mean: bool = False
+    likelihood_weighting: bool = False
+    importance_weighting: bool = False
+    n_jitted_steps: int = 1
+    eps: float = 1e-5
+
+    def __post_init__(self):
+        for f in ("batch_size", "n_iters", "snapshot_freq", "log_freq", "eval_freq"):
+            _check_positive("training", f, getattr(self, f))
+        _check_positive(
+            "training", "snapshot_freq_for_preemption", self.snapshot_freq_for_preemption
+        )
+        _check_positive("training", "n_jitted_steps", self.n_jitted_steps)
+        for f in (
+            "n_iters",
+            "snapshot_freq",
+            "log_freq",
+            "eval_freq",
+            "snapshot_freq_for_preemption",
+        ):
+            if getattr(self, f) % self.n_jitted_steps:
+                raise ValueError(
+                    f"config.training.{f} ({getattr(self, f)}) must be a multiple of "
+                    f"config.training.n_jitted_steps ({self.n_jitted_steps})"
+                )
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """``config.optim``: Adam (or AdamW when ``weight_decay > 0``) with linear warm-up and
+    global-norm gradient clipping (``grad_clip < 0`` disables it)."""
+
+    optimizer: str = "Adam"
+    lr: float = 2e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup: int = 5000
+    grad_clip: float = 1.0
+
+    def __post_init__(self):
+        _check_choice("optim", "optimizer", self.optimizer, ("Adam", "AdamW"))
+        _check_positive("optim", "lr", self.lr)
+        _check_positive("optim", "warmup", self.warmup, allow_zero=True)
+        _check_positive("optim", "weight_decay", self.weight_decay, allow_zero=True)
+
+
+SAMPLING_METHODS = ("pc", "ode")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """``config.sampling``: the sampler for snapshots and ``--mode=sample``."""
+
+    method: str = "pc"
+    predictor: str = "reverse_diffusion"
+    corrector: str = "langevin"
+    snr: float = 0.16
+    n_steps_each: int = 1
+    probability_flow: bool = False
+    noise_removal: bool = True
+    ode_solver: str = "dopri5"
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    num_samples: int = 64
+    batch_size: int = 64
+
+    def __post_init__(self):
+        from sde_jax.sampling import CORRECTORS, PREDICTORS, SOLVERS
+
+        _check_choice("sampling", "method", self.method, SAMPLING_METHODS)
+        _check_choice("sampling", "predictor", self.predictor, PREDICTORS)
+        _check_choice("sampling", "corrector", self.corrector, CORRECTORS)
+        _check_choice("sampling", "ode_solver", self.ode_solver, SOLVERS)
+        _check_positive("sampling", "num_samples", self.num_samples)
+        _check_positive("sampling", "batch_size", self.batch_size)
+        _check_positive("sampling", "n_steps_each", self.n_steps_each)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """``config.eval``: which snapshots (steps in ``[begin_step, end_step]``, ``end_step = 0`` for
+    up to the newest), and which measurements."""
+
+    begin_step: int = 0
+    end_step: int = 0
+    batch_size: int = 256
+    enable_loss: bool = True
+    enable_bpd: bool = True
+    bpd_dataset: str = "test"
+    num_repeats: int = 5
+    bpd_max_examples: int = 0
+    trace: str = "rademacher"
+    rtol: float = 1e-5
+    atol: float = 1e-5
+
+    def __post_init__(self):
+        _check_choice("eval", "bpd_dataset", self.bpd_dataset, ("train", "test"))
+        _check_choice("eval", "trace", self.trace, ("rademacher", "gaussian", "exact"))
+        _check_positive("eval", "batch_size", self.batch_size)
+        _check_positive("eval", "num_repeats", self.num_repeats)
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """Every section of a config, typed: what ``main.py`` hands to the modes."""
+
+    sde: SDEConfig
+    model: ModelConfig
+    training: TrainConfig
+    optim: OptimConfig
+    sampling: SamplingConfig
+    eval: EvalConfig
+    data: Any
+    seed: int = 42
+
+    @classmethod
+    def from_config(cls, config: Any) -> Experiment:
+        from sde_jax.data import DataConfig
+
+        values = _as_dict(config)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config section(s) {unknown}; known: {sorted(known)}")
+        for name in ("sde", "model", "training", "data"):
+            if name not in values:
+                raise ValueError(f"the config has no `{name}` section")
+        exp = cls(
+            sde=from_section(SDEConfig, values["sde"], "sde"),
+            model=ModelConfig.from_config(values["model"]),
+            training=from_section(TrainConfig, values["training"], "training"),
+            optim=from_section(OptimConfig, values.get("optim", {}), "optim"),
+            sampling=from_section(SamplingConfig, values.get("sampling", {}), "sampling"),
+            eval=from_section(EvalConfig, values.get("eval", {}), "eval"),
+            data=DataConfig.from_config(values["data"]),
+            seed=int(values.get("seed", 42)),
+        )
+        if not exp.training.continuous and exp.sde.name == "subvpsde":
+            raise ValueError("config.training.continuous=False is not defined for subvpsde")
+        if exp.sampling.predictor == "ancestral_sampling" and exp.sde.name == "subvpsde":
+            raise ValueError(
+                "config.sampling.predictor='ancestral_sampling' is defined for vesde and vpsde only"
+            )
+        return exp
+
+    def build_model(self):
+        """The network of this experiment."""
+        return self.model.build(self.sde, self.data.centered)
+
+    def signature(self) -> dict[str, Any]:
+        """What a checkpoint's contents depend on: the network, the SDE and the image shape."""
+        return {
+            "model": self.model.name,
+            "model_fields": self.model.fields,
+            "sde": dataclasses.asdict(self.sde),
+            "image_shape": [self.data.image_size, self.data.image_size, self.data.num_channels],
+            "continuous": self.training.continuous,
+        }
