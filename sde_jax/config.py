@@ -275,15 +275,18 @@ class Experiment:
         for name in ("sde", "model", "training", "data"):
             if name not in values:
                 raise ValueError(f"the config has no `{name}` section")
+        training = from_section(TrainConfig, values["training"], "training")
+        seed = int(values.get("seed", 42))
         exp = cls(
             sde=from_section(SDEConfig, values["sde"], "sde"),
             model=ModelConfig.from_config(values["model"]),
-            training=from_section(TrainConfig, values["training"], "training"),
+            training=training,
             optim=from_section(OptimConfig, values.get("optim", {}), "optim"),
             sampling=from_section(SamplingConfig, values.get("sampling", {}), "sampling"),
             eval=from_section(EvalConfig, values.get("eval", {}), "eval"),
-            data=DataConfig.from_config(values["data"]),
-            seed=int(values.get("seed", 42)),
+            # The data section's batch size and seed are the training ones, set in one place.
+            data=DataConfig.from_config(values["data"], batch_size=training.batch_size, seed=seed),
+            seed=seed,
         )
         if not exp.training.continuous and exp.sde.name == "subvpsde":
             raise ValueError("config.training.continuous=False is not defined for subvpsde")

@@ -93,6 +93,7 @@ def make_loss_fn(
     importance_weighting: bool = False,
     eps: float = 1e-5,
     train: bool = True,
+    per_example: bool = False,
 ) -> LossFn:
     r"""Builds the denoising score-matching loss of the paper for ``sde``.
 
@@ -107,6 +108,8 @@ def make_loss_fn(
             ``likelihood_weighting``).
         eps: smallest time sampled by the continuous losses.
         train: passed to ``score_fn``.
+        per_example: return the ``[B]`` per-example losses instead of their mean (e.g. to
+            evaluate a test set whose last batch is padded).
 
     Returns:
         ``loss_fn(params, key, batch) -> scalar``, the batch mean of the per-example losses;
@@ -159,6 +162,6 @@ def make_loss_fn(
         x_t = batch_broadcast(m, batch) * batch + batch_broadcast(s, batch) * z
         score = score_fn(params, x_t, t, train=train, key=k_model)
         losses = weight * reduce((batch_broadcast(s, score) * score + z) ** 2)
-        return jnp.mean(losses)
+        return losses if per_example else jnp.mean(losses)
 
     return loss_fn

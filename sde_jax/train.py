@@ -90,7 +90,9 @@ def make_mesh() -> Mesh:
     return Mesh(np.asarray(jax.devices()), ("data",))
 
 
-def make_loss(sde: SDE, model: nn.Module, cfg: TrainConfig, *, train: bool = True):
+def make_loss(
+    sde: SDE, model: nn.Module, cfg: TrainConfig, *, train: bool = True, per_example: bool = False
+):
     """The DSM loss of ``cfg`` as ``loss_fn(params, key, batch)`` for a Flax network."""
     score = make_score_fn(sde, model, continuous=cfg.continuous)
 
@@ -106,6 +108,7 @@ def make_loss(sde: SDE, model: nn.Module, cfg: TrainConfig, *, train: bool = Tru
         importance_weighting=cfg.importance_weighting,
         eps=cfg.eps,
         train=train,
+        per_example=per_example,
     )
 
 

@@ -1,0 +1,202 @@
+r"""``--mode=eval``: test-set loss and bits/dim of a run's snapshots, resumable after pre-emption.
+
+For every snapshot step in ``[config.eval.begin_step, config.eval.end_step]`` this computes, with
+the EMA weights,
+
+- the denoising score-matching loss of the training objective over the whole test split;
+- bits/dim of the test split (or its first ``bpd_max_examples`` images) under the probability-flow
+  ODE, averaged over ``num_repeats`` passes, each with fresh uniform dequantization
+  :math:`u = (255x + U[0, 1)) / 256` and fresh trace probes.
+
+Progress is written after every batch to ``<workdir>/eval/step_<step>.json``, so a killed evaluation
+continues from the batch it stopped at; finished steps are skipped. The results of all steps are
+collected in ``<workdir>/eval/report.json`` and as TensorBoard scalars in ``<workdir>/eval``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from sde_jax.config import Experiment
+from sde_jax.likelihood import bits_per_dim, log_likelihood
+from sde_jax.models import make_score_fn
+
+Array = jax.Array
+
+
+def _atomic_json(path: str, obj: Any) -> None:
+    if jax.process_index() != 0:
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _padded_batches(it: Iterator, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
+    """Test batches in [0, 1], padded to ``batch_size`` rows, with their number of real rows."""
+    for batch in it:
+        images = np.asarray(batch["image"], np.float32)
+        n = images.shape[0]
+        if n < batch_size:
+            pad = np.repeat(images[-1:], batch_size - n, axis=0)
+            images = np.concatenate([images, pad])
+        yield images, n
+
+
+def make_bpd_fn(exp: Experiment, model, mesh: Mesh) -> Callable:
+    """Jitted ``bpd_fn(params, u01, key) -> (bpd [B], nfe)`` for dequantized data ``u01`` in [0, 1]."""
+    sde = exp.sde.build()
+    score = make_score_fn(sde, model, continuous=exp.training.continuous)
+    data_range = (-1.0, 1.0) if exp.data.centered else (0.0, 1.0)
+    cfg = exp.eval
+
+    def bpd_fn(params, u01, key):
+        x = 2.0 * u01 - 1.0 if exp.data.centered else u01
+        score_fn = lambda y, t: score({"params": params}, y, t)
+        logp, _, nfe = log_likelihood(
+            key, score_fn, sde, x, trace=cfg.trace, rtol=cfg.rtol, atol=cfg.atol
+        )
+        return bits_per_dim(logp, x.shape[1:], data_range=data_range), nfe
+
+    rep = NamedSharding(mesh, PartitionSpec())
+    batch = NamedSharding(mesh, PartitionSpec("data"))
+    return jax.jit(bpd_fn, in_shardings=(rep, batch, rep), out_shardings=(batch, rep))
+
+
+def evaluate_step(exp: Experiment, workdir: str, step: int, params: Any, mesh: Mesh) -> dict:
+    """Evaluates one snapshot, resuming from ``<workdir>/eval/step_<step>.json``."""
+    from sde_jax import data as data_lib
+    from sde_jax.train import global_batch, make_eval_step, make_loss
+
+    cfg = exp.eval
+    path = os.path.join(workdir, "eval", f"step_{step}.json")
+    progress: dict[str, Any] = {"step": step, "loss": {}, "bpd": {}}
+    if os.path.exists(path):
+        with open(path) as f:
+            progress = json.load(f)
+        if progress.get("done"):
+            return progress
+    sde = exp.sde.build()
+    model = exp.build_model()
+    data_cfg = dataclasses.replace(
+        exp.data, batch_size=cfg.batch_size, random_flip=False, uniform_dequantization=False
+    )
+    local_batch = cfg.batch_size // jax.process_count()
+    key = jax.random.fold_in(jax.random.key(exp.seed), step)
+    spec = PartitionSpec("data")
+
+    def test_batches():
+        it = data_lib.make_dataset(
+            data_cfg, cfg.bpd_dataset, shuffle=False, repeat=False, seed=exp.seed
+        )
+        return _padded_batches(it, local_batch)
+
+    if cfg.enable_loss and "mean" not in progress["loss"]:
+        loss_fn = make_loss(sde, model, exp.training, train=False, per_example=True)
+        eval_step = make_eval_step(loss_fn, mesh)
+        done = progress["loss"].setdefault("batches", [])
+        scaler = data_lib.data_scaler(data_cfg)
+        for i, (images, n) in enumerate(test_batches()):
+            if i < len(done):
+                continue
+            losses = eval_step(
+                params, global_batch(scaler(images), mesh, spec), jax.random.fold_in(key, i)
+            )
+            losses = np.asarray(multihost_utils.process_allgather(losses, tiled=True))
+            real = losses.reshape(jax.process_count(), -1)[:, :n].reshape(-1)
+            done.append([float(np.sum(real)), int(real.size)])
+            _atomic_json(path, progress)
+        total = np.sum(np.asarray(done), axis=0)
+        progress["loss"]["mean"] = float(total[0] / total[1])
+        _atomic_json(path, progress)
+
+    if cfg.enable_bpd:
+        bpd_fn = make_bpd_fn(exp, model, mesh)
+        limit = cfg.bpd_max_examples or None
+        for repeat in range(cfg.num_repeats):
+            record = progress["bpd"].setdefault(str(repeat), [])
+            seen = sum(c for _, c in record)
+            for i, (images, n) in enumerate(test_batches()):
+                if limit is not None and seen >= limit:
+                    break
+                if i < len(record):
+                    continue
+                k_deq, k_probe = jax.random.split(
+                    jax.random.fold_in(jax.random.fold_in(key, repeat), i)
+                )
+                noise = np.asarray(jax.random.uniform(k_deq, images.shape))
+                u01 = (np.round(images * 255.0) + noise) / 256.0
+                bpd, _ = bpd_fn(params, global_batch(u01.astype(np.float32), mesh, spec), k_probe)
+                bpd = np.asarray(multihost_utils.process_allgather(bpd, tiled=True))
+                real = bpd.reshape(jax.process_count(), -1)[:, :n].reshape(-1)
+                if limit is not None:
+                    real = real[: limit - seen]
+                if not np.all(np.isfinite(real)):
+                    raise FloatingPointError(f"non-finite bits/dim at step {step}, batch {i}")
+                record.append([float(np.sum(real)), int(real.size)])
+                seen += int(real.size)
+                _atomic_json(path, progress)
+        per_repeat = [
+            sum(s for s, _ in progress["bpd"][str(r)]) / sum(c for _, c in progress["bpd"][str(r)])
+            for r in range(cfg.num_repeats)
+        ]
+        progress["bpd_mean"] = float(np.mean(per_repeat))
+        progress["bpd_per_repeat"] = per_repeat
+    progress["done"] = True
+    _atomic_json(path, progress)
+    return progress
+
+
+def run_eval_mode(exp: Experiment, workdir: str) -> dict:
+    """Evaluates every snapshot in the configured range; returns and writes the report."""
+    from sde_jax.checkpoint import Checkpoints, check_signature
+    from sde_jax.summary import SummaryWriter
+    from sde_jax.train import abstract_state, check_batch_size, make_mesh
+
+    check_signature(workdir, exp.signature(), write=False)
+    mesh = make_mesh()
+    check_batch_size(exp.eval.batch_size, mesh.size, "eval.batch_size")
+    if not (exp.eval.enable_loss or exp.eval.enable_bpd):
+        raise ValueError("config.eval enables nothing: set enable_loss or enable_bpd")
+    ckpts = Checkpoints(workdir)
+    steps = [
+        s
+        for s in ckpts.snapshot_steps()
+        if s >= exp.eval.begin_step and (exp.eval.end_step <= 0 or s <= exp.eval.end_step)
+    ]
+    if not steps:
+        raise FileNotFoundError(
+            f"no snapshot in {workdir!r} with step in [{exp.eval.begin_step}, "
+            f"{exp.eval.end_step or 'newest'}]; snapshots: {ckpts.snapshot_steps()}"
+        )
+    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+    model = exp.build_model()
+    target = abstract_state(exp, model, mesh)
+    writer = SummaryWriter(os.path.join(workdir, "eval"), enabled=jax.process_index() == 0)
+    report = {}
+    for step in steps:
+        state, _ = ckpts.restore(target, step)
+        result = evaluate_step(exp, workdir, step, state.ema_params, mesh)
+        entry = {}
+        if "mean" in result.get("loss", {}):
+            entry["test_loss"] = result["loss"]["mean"]
+        if "bpd_mean" in result:
+            entry["bpd"] = result["bpd_mean"]
+            entry["bpd_per_repeat"] = result["bpd_per_repeat"]
+        report[str(step)] = entry
+        writer.scalars(step, {f"eval/{k}": v for k, v in entry.items() if not isinstance(v, list)})
+        print(f"step {step}: " + ", ".join(f"{k} {v}" for k, v in entry.items()), flush=True)
+    ckpts.close()
+    writer.close()
+    _atomic_json(os.path.join(workdir, "eval", "report.json"), report)
+    return report
