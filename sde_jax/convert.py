@@ -99,8 +99,8 @@ _RULES = {
     + _nin("out", "NIN_3"),
     "resample": [
         *_sub("conv", "Conv_0", _CONV_RULES),
-        (("fir_conv", "conv", "kernel"), "Conv2d_0.weight", _CONV),
-        (("fir_conv", "conv", "bias"), "Conv2d_0.bias", _IDENTITY),
+        (("fir_conv", "kernel"), "Conv2d_0.weight", _CONV),
+        (("fir_conv", "bias"), "Conv2d_0.bias", _IDENTITY),
     ],
     "combine": _sub("conv", "Conv_0", _CONV_RULES),
 }
@@ -277,7 +277,7 @@ def _torch_layout(model: NCSNpp | DDPM, resolutions: list[int]) -> Iterator[tupl
 
 @dataclasses.dataclass(frozen=True)
 class _Entry:
-    flax_path: tuple[str, ...]
+    flax_path: tuple[str, ...] | None  # None: a PyTorch parameter the network does not use
     transform: str
     torch_shape: tuple[int, ...]
     frozen: bool
@@ -324,6 +324,14 @@ def parameter_table(model: NCSNpp | DDPM, image_shape: tuple[int, int, int]) -> 
         for path, torch_name, transform in _RULES[kind]:
             full = (flax_name, *path)
             if full not in leaves:
+                if kind.startswith("res_") and path[0] == "temb_proj" and not model.conditional:
+                    # PyTorch blocks of an unconditional network keep their (unused) embedding
+                    # projection; it is checked and dropped, and keeps its place in the EMA order.
+                    out_ch = leaves[(flax_name, "conv_0", "kernel")].shape[-1]
+                    shape = (out_ch, 4 * model.nf) if path[-1] == "kernel" else (out_ch,)
+                    table[f"all_modules.{index}.{torch_name}"] = _Entry(
+                        None, transform, shape, False
+                    )
                 continue
             shape = _to_torch_shape(leaves[full].shape, transform)
             table[f"all_modules.{index}.{torch_name}"] = _Entry(
@@ -411,6 +419,8 @@ def load_score_sde_pytorch(
 
     params: dict = {}
     for name, entry in table.items():
+        if entry.flax_path is None:
+            continue
         value = sd[name].astype(np.float32)
         if entry.transform == _CONV:
             value = value.transpose(2, 3, 1, 0)

@@ -17,6 +17,14 @@ NAMES = (
     "ncsnpp_prog_ve",
     "ddpm_small_vp",
 )
+# Option combinations the shared fixtures leave out (made by make_extra_fixtures.py).
+EXTRA_NAMES = (
+    "extra_ncsnpp_ddpm_blocks_fir",
+    "extra_ncsnpp_prog_residual_fir",
+    "extra_ncsnpp_ddpm_blocks_nofir",
+    "extra_ncsnpp_uncond_elu",
+    "extra_ncsnpp_positional_sigma",
+)
 CHECKPOINTS = ("ncsnpp_small_ve", "ncsnpp_small_subvp")
 
 

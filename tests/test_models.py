@@ -228,14 +228,18 @@ def test_fir_conv_up_is_transposed_conv_then_filter():
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 5, 4))
     module = resample.FIRConvUp(6)
     variables = module.init(jax.random.PRNGKey(1), x)
-    conv = variables["params"]["conv"]
+    bias = jax.random.normal(jax.random.PRNGKey(2), (6,))
+    variables = {"params": dict(variables["params"], bias=bias)}
     ours = module.apply(variables, x)
     y = jax.lax.conv_transpose(
-        x, conv["kernel"], (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        x,
+        variables["params"]["kernel"],
+        (2, 2),
+        "VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
-    y = y + conv["bias"][None, None, None, :]
     k1 = np.array([1, 3, 3, 1], float) / 8 * 2
-    ref = _upfirdn_ref(np.asarray(y, np.float64), k1, 1, 1, (1, 1))
+    ref = _upfirdn_ref(np.asarray(y, np.float64), k1, 1, 1, (1, 1)) + np.asarray(bias)
     assert ours.shape == (2, 10, 10, 6)
     np.testing.assert_allclose(ours, ref, atol=1e-4)
 

@@ -105,11 +105,17 @@ def naive_downsample_2d(x: Array, factor: int = 2) -> Array:
     return x.reshape(b, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
 
 
+def _conv(x: Array, kernel: Array, stride: int, padding) -> Array:
+    return jax.lax.conv_general_dilated(
+        x, kernel, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
 class FIRConvUp(nn.Module):
     r"""Learned 3x3 convolution fused with FIR upsampling (StyleGAN2's ``upsample_conv_2d``).
 
-    Equal to a stride-2 transposed convolution followed by the FIR filter; computed as zero
-    insertion, a plain VALID convolution and the FIR filter (see the module docstring).
+    Equal to a stride-2 transposed convolution followed by the FIR filter, then the bias; computed
+    as zero insertion, a plain VALID convolution and the FIR filter (see the module docstring).
 
     Attributes:
         features: output channels.
@@ -122,21 +128,17 @@ class FIRConvUp(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         factor, ksize = 2, 3
+        w = self.param("kernel", default_init(), (ksize, ksize, x.shape[-1], self.features))
+        b = self.param("bias", nn.initializers.zeros, (self.features,))
         taps = normalized_taps(self.kernel) * factor
         x = zero_insert(zero_insert(x, 1, factor), 2, factor)
         # A transposed convolution sees ksize - 1 zeros before the first input pixel and after the
         # last one; zero insertion already appended factor - 1 of the trailing ones.
-        pad = ((ksize - 1, ksize - factor), (ksize - 1, ksize - factor))
-        x = nn.Conv(
-            self.features,
-            (ksize, ksize),
-            padding=pad,
-            kernel_init=default_init(),
-            bias_init=nn.initializers.zeros,
-            name="conv",
-        )(x)
+        x = _conv(x, w, 1, ((ksize - 1, ksize - factor), (ksize - 1, ksize - factor)))
         p = (len(taps) - factor) - (ksize - 1)
-        return upfirdn_2d(x, taps, pad=((p + 1) // 2 + factor - 1, p // 2 + 1))
+        x = upfirdn_2d(x, taps, pad=((p + 1) // 2 + factor - 1, p // 2 + 1))
+        # The bias comes after the filter, whose gain would otherwise scale it.
+        return x + b[None, None, None, :]
 
 
 class FIRConvDown(nn.Module):
@@ -154,18 +156,12 @@ class FIRConvDown(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         factor, ksize = 2, 3
+        w = self.param("kernel", default_init(), (ksize, ksize, x.shape[-1], self.features))
+        b = self.param("bias", nn.initializers.zeros, (self.features,))
         taps = normalized_taps(self.kernel)
         p = (len(taps) - factor) + (ksize - 1)
         x = upfirdn_2d(x, taps, pad=((p + 1) // 2, p // 2))
-        return nn.Conv(
-            self.features,
-            (ksize, ksize),
-            strides=(factor, factor),
-            padding="VALID",
-            kernel_init=default_init(),
-            bias_init=nn.initializers.zeros,
-            name="conv",
-        )(x)
+        return _conv(x, w, factor, "VALID") + b[None, None, None, :]
 
 
 class Upsample(nn.Module):
