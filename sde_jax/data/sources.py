@@ -1,0 +1,158 @@
+"""Random-access sources of ``uint8`` images: prepared TFDS data sets and folders of image files.
+
+A source has ``len()`` and ``source[i] -> {"image": uint8 [H, W, C], ("label": int)}``, which is what
+``grain.MapDataset.source`` needs. TFDS data sets are read with ``tfds.data_source`` from
+array_record files, which needs no TensorFlow; images are decoded with PIL (or OpenCV if installed).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shlex
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import tensorflow_datasets as tfds
+
+from sde_jax.data.catalog import DatasetSpec
+from sde_jax.data.config import DataConfig
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+    """A TFDS data set is missing from the data directory, or is not stored as array_record."""
+
+
+def prepare_command(spec: DatasetSpec, data_dir: str) -> str:
+    """The shell command that prepares ``spec`` into ``data_dir`` as array_record files."""
+    cmd = [sys.executable, "-m", "sde_jax.data", "prepare", spec.name, "--data_dir", data_dir]
+    if spec.name == "celeb_a_hq":
+        cmd += ["--manual_dir", "DIR_WITH_data256x256.tar"]
+    return shlex.join(cmd)
+
+
+def _not_prepared(spec: DatasetSpec, data_dir: str, why: str) -> DatasetNotPreparedError:
+    extra = (
+        ""
+        if spec.auto_prepare
+        else " Preparing it needs TensorFlow once: pip install 'sde_jax[prepare]'."
+    )
+    manual = f" {spec.manual}" if spec.manual else ""
+    return DatasetNotPreparedError(
+        f"Data set {spec.name!r} (TFDS {spec.tfds_name!r}) {why} in {data_dir}.{extra}{manual} "
+        f"Prepare it with:\n  {prepare_command(spec, data_dir)}"
+    )
+
+
+def tfds_builder(cfg: DataConfig) -> tfds.core.DatasetBuilder:
+    """The TFDS builder of ``cfg.dataset``, prepared as array_record in ``cfg.resolved_data_dir``.
+
+    The digits data set is prepared on first use (offline, no TensorFlow); any other data set that is
+    not prepared raises.
+
+    Raises:
+        DatasetNotPreparedError: the data set is not prepared, or not in array_record format; the
+            message holds the command that prepares it.
+    """
+    spec, data_dir = cfg.spec, cfg.resolved_data_dir
+    if spec.tfds_name is None:
+        raise ValueError(f"Data set {spec.name!r} is read from a folder, not TFDS.")
+    if spec.auto_prepare and not _is_prepared(spec.tfds_name, data_dir):
+        from sde_jax.data import digits  # Registers its builder class; see its docstring.
+
+        digits.prepare(data_dir)
+    try:
+        builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise _not_prepared(spec, data_dir, "is not prepared") from e
+    if not builder.is_prepared():
+        raise _not_prepared(spec, data_dir, "is not prepared")
+    file_format = builder.info.file_format
+    if file_format != tfds.core.FileFormat.ARRAY_RECORD:
+        raise _not_prepared(
+            spec,
+            data_dir,
+            f"is stored as {getattr(file_format, 'value', file_format)}, which cannot be read without "
+            "TensorFlow; it must be prepared as array_record",
+        )
+    return builder
+
+
+def _is_prepared(tfds_name: str, data_dir: str) -> bool:
+    root = pathlib.Path(data_dir, *tfds_name.split("/"))
+    return root.is_dir() and any(root.glob("*/dataset_info.json"))
+
+
+class TfdsSource(Sequence):
+    """One split of a prepared TFDS data set, keeping only ``image`` (and ``label``)."""
+
+    def __init__(self, builder: tfds.core.DatasetBuilder, split: str, *, with_label: bool):
+        self._source = builder.as_data_source(split=split)
+        self._with_label = with_label
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        example = self._source[index]
+        out = {"image": np.asarray(example["image"])}
+        if self._with_label:
+            out["label"] = int(example["label"])
+        return out
+
+    def __repr__(self) -> str:
+        return f"TfdsSource({self._source!r})"
+
+
+class ImageFolderSource(Sequence):
+    """The PNG/JPEG files under a directory (recursively, in sorted path order), as ``uint8`` images.
+
+    Args:
+        folder: the directory.
+        num_channels: 1 (converted to grayscale) or 3 (converted to RGB).
+    """
+
+    def __init__(self, folder: str, num_channels: int):
+        root = pathlib.Path(os.path.expanduser(folder))
+        if not root.is_dir():
+            raise FileNotFoundError(f"data.folder={folder!r} is not a directory.")
+        self._paths = sorted(
+            str(p) for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        )
+        if not self._paths:
+            raise FileNotFoundError(
+                f"data.folder={folder!r} holds no images ({', '.join(IMAGE_SUFFIXES)})."
+            )
+        self._mode = "L" if num_channels == 1 else "RGB"
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        with PIL.Image.open(self._paths[index]) as im:
+            image = np.asarray(im.convert(self._mode))
+        return {"image": image[..., None] if image.ndim == 2 else image}
+
+    def __repr__(self) -> str:
+        return f"ImageFolderSource({len(self)} images)"
+
+
+def open_source(cfg: DataConfig, split: str) -> Sequence:
+    """The random-access source of one split (``"train"`` or ``"eval"``) of ``cfg.dataset``.
+
+    Raises:
+        ValueError: unknown split.
+        DatasetNotPreparedError: see ``tfds_builder``.
+        FileNotFoundError: the image folder is missing or empty.
+    """
+    spec = cfg.spec
+    if split not in spec.splits:
+        raise ValueError(f"Unknown split {split!r}; allowed values: {', '.join(spec.splits)}.")
+    if spec.tfds_name is None:
+        return ImageFolderSource(cfg.folder, cfg.num_channels)
+    return TfdsSource(tfds_builder(cfg), spec.splits[split], with_label=spec.num_classes > 0)
