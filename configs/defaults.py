@@ -72,7 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
     evaluate.batch_size = 1024
     evaluate.enable_loss = True
     evaluate.enable_bpd = False
-    evaluate.bpd_dataset = "test"
+    evaluate.bpd_dataset = "eval"
     evaluate.num_repeats = 5
     evaluate.bpd_max_examples = 0
     evaluate.trace = "rademacher"
@@ -124,7 +124,7 @@ def celeba64(preset: str) -> ml_collections.ConfigDict:
     config.sde.name = "vesde"
     config.sde.sigma_max = 90.0
     config.sampling.snr = 0.17
-    config.data.dataset = "celeba"
+    config.data.dataset = "celeb_a"
     config.data.image_size = 64
     set_network(config, preset, ema_rate=0.999)
     return config

@@ -236,7 +236,7 @@ class EvalConfig:
     batch_size: int = 256
     enable_loss: bool = True
     enable_bpd: bool = True
-    bpd_dataset: str = "test"
+    bpd_dataset: str = "eval"
     num_repeats: int = 5
     bpd_max_examples: int = 0
     trace: str = "rademacher"
@@ -244,7 +244,7 @@ class EvalConfig:
     atol: float = 1e-5
 
     def __post_init__(self):
-        _check_choice("eval", "bpd_dataset", self.bpd_dataset, ("train", "test"))
+        _check_choice("eval", "bpd_dataset", self.bpd_dataset, ("train", "eval"))
         _check_choice("eval", "trace", self.trace, ("rademacher", "gaussian", "exact"))
         _check_positive("eval", "batch_size", self.batch_size)
         _check_positive("eval", "num_repeats", self.num_repeats)

@@ -15,7 +15,6 @@ collected in ``<workdir>/eval/report.json`` and as TensorBoard scalars in ``<wor
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -42,15 +41,24 @@ def _atomic_json(path: str, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _padded_batches(it: Iterator, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
-    """Test batches in [0, 1], padded to ``batch_size`` rows, with their number of real rows."""
+def _eval_batches(exp: Experiment) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """One pass over the evaluation split in [0, 1]: ``(images [B_local, ...], mask [B])``, the last
+    batch padded, ``mask`` (over the global batch) true for real examples."""
+    from sde_jax import data as data_lib
+
+    it = data_lib.make_dataset(
+        exp.data,
+        exp.eval.bpd_dataset,
+        shuffle=False,
+        repeat=False,
+        batch_size=exp.eval.batch_size,
+        drop_remainder=False,
+        uniform_dequantization=False,
+    )
     for batch in it:
         images = np.asarray(batch["image"], np.float32)
-        n = images.shape[0]
-        if n < batch_size:
-            pad = np.repeat(images[-1:], batch_size - n, axis=0)
-            images = np.concatenate([images, pad])
-        yield images, n
+        mask = np.asarray(batch.get("mask", np.ones(images.shape[0], bool)))
+        yield images, np.asarray(multihost_utils.process_allgather(mask, tiled=True))
 
 
 def make_bpd_fn(exp: Experiment, model, mesh: Mesh) -> Callable:
@@ -88,32 +96,21 @@ def evaluate_step(exp: Experiment, workdir: str, step: int, params: Any, mesh: M
             return progress
     sde = exp.sde.build()
     model = exp.build_model()
-    data_cfg = dataclasses.replace(
-        exp.data, batch_size=cfg.batch_size, random_flip=False, uniform_dequantization=False
-    )
-    local_batch = cfg.batch_size // jax.process_count()
     key = jax.random.fold_in(jax.random.key(exp.seed), step)
     spec = PartitionSpec("data")
-
-    def test_batches():
-        it = data_lib.make_dataset(
-            data_cfg, cfg.bpd_dataset, shuffle=False, repeat=False, seed=exp.seed
-        )
-        return _padded_batches(it, local_batch)
 
     if cfg.enable_loss and "mean" not in progress["loss"]:
         loss_fn = make_loss(sde, model, exp.training, train=False, per_example=True)
         eval_step = make_eval_step(loss_fn, mesh)
         done = progress["loss"].setdefault("batches", [])
-        scaler = data_lib.data_scaler(data_cfg)
-        for i, (images, n) in enumerate(test_batches()):
+        scaler = data_lib.data_scaler(exp.data)
+        for i, (images, mask) in enumerate(_eval_batches(exp)):
             if i < len(done):
                 continue
             losses = eval_step(
                 params, global_batch(scaler(images), mesh, spec), jax.random.fold_in(key, i)
             )
-            losses = np.asarray(multihost_utils.process_allgather(losses, tiled=True))
-            real = losses.reshape(jax.process_count(), -1)[:, :n].reshape(-1)
+            real = np.asarray(multihost_utils.process_allgather(losses, tiled=True))[mask]
             done.append([float(np.sum(real)), int(real.size)])
             _atomic_json(path, progress)
         total = np.sum(np.asarray(done), axis=0)
@@ -126,7 +123,7 @@ def evaluate_step(exp: Experiment, workdir: str, step: int, params: Any, mesh: M
         for repeat in range(cfg.num_repeats):
             record = progress["bpd"].setdefault(str(repeat), [])
             seen = sum(c for _, c in record)
-            for i, (images, n) in enumerate(test_batches()):
+            for i, (images, mask) in enumerate(_eval_batches(exp)):
                 if limit is not None and seen >= limit:
                     break
                 if i < len(record):
@@ -137,8 +134,7 @@ def evaluate_step(exp: Experiment, workdir: str, step: int, params: Any, mesh: M
                 noise = np.asarray(jax.random.uniform(k_deq, images.shape))
                 u01 = (np.round(images * 255.0) + noise) / 256.0
                 bpd, _ = bpd_fn(params, global_batch(u01.astype(np.float32), mesh, spec), k_probe)
-                bpd = np.asarray(multihost_utils.process_allgather(bpd, tiled=True))
-                real = bpd.reshape(jax.process_count(), -1)[:, :n].reshape(-1)
+                real = np.asarray(multihost_utils.process_allgather(bpd, tiled=True))[mask]
                 if limit is not None:
                     real = real[: limit - seen]
                 if not np.all(np.isfinite(real)):
