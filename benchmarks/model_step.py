@@ -4,7 +4,9 @@ For each network: parameter count, XLA's FLOP count of the compiled computation
 (``compiled.cost_analysis()``), compile time, and the median wall time of
 
 - ``forward``: the network in eval mode on a batch;
-- ``train step``: continuous DSM loss (with dropout), its gradient and an Adam update.
+- ``train step``: continuous DSM loss (with dropout), its gradient and an Adam update;
+
+with the process CPU time of the same calls (summed over threads). GFLOP/s is per wall second.
 
 Usage::
 
@@ -97,14 +99,20 @@ def flops_of(compiled) -> float:
     return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
-def timed(fn, *args, repeats: int) -> float:
+def timed(fn, *args, repeats: int) -> tuple[float, float]:
+    """Median wall time and median process CPU time (all threads) of one call, in seconds.
+
+    On a shared machine the CPU time of a single-threaded run is the more robust figure: time
+    slices lost to other processes inflate the wall time only.
+    """
     jax.block_until_ready(fn(*args))  # warm-up
-    times = []
+    walls, cpus = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - start_cpu)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def dsm_loss(sde, score_fn, reduce_mean, params, key, x0):
@@ -137,7 +145,9 @@ def bench(name: str) -> dict:
     compiled = forward.lower(params, x0, t).compile()
     result["forward_compile_s"] = time.perf_counter() - start
     result["forward_gflop"] = flops_of(compiled) / 1e9
-    result["forward_s"] = timed(compiled, params, x0, t, repeats=ARGS.repeats)
+    result["forward_s"], result["forward_cpu_s"] = timed(
+        compiled, params, x0, t, repeats=ARGS.repeats
+    )
     result["forward_gflops_per_s"] = result["forward_gflop"] / result["forward_s"]
     print_row(result, "forward")
 
@@ -165,7 +175,7 @@ def bench(name: str) -> dict:
             return loss
 
         result["first_loss"] = float(run())
-        result["train_step_s"] = timed(run, repeats=ARGS.repeats)
+        result["train_step_s"], result["train_step_cpu_s"] = timed(run, repeats=ARGS.repeats)
         result["train_gflops_per_s"] = result["train_gflop"] / result["train_step_s"]
         print_row(result, "train")
     return result
@@ -175,7 +185,7 @@ def print_row(r: dict, kind: str) -> None:
     if kind == "forward":
         print(
             f"{r['model']:8s} forward     {r['forward_s']:8.3f} s  "
-            f"{r['forward_gflop']:8.1f} GFLOP  "
+            f"(cpu {r['forward_cpu_s']:.3f} s)  {r['forward_gflop']:6.1f} GFLOP  "
             f"{r['forward_gflops_per_s']:7.1f} GFLOP/s  (compile {r['forward_compile_s']:.1f} s, "
             f"{r['params']:,} params, batch {r['batch']})",
             flush=True,
@@ -183,7 +193,7 @@ def print_row(r: dict, kind: str) -> None:
     else:
         print(
             f"{r['model']:8s} train step  {r['train_step_s']:8.3f} s  "
-            f"{r['train_gflop']:8.1f} GFLOP  "
+            f"(cpu {r['train_step_cpu_s']:.3f} s)  {r['train_gflop']:6.1f} GFLOP  "
             f"{r['train_gflops_per_s']:7.1f} GFLOP/s  (compile {r['train_compile_s']:.1f} s, "
             f"first loss {r['first_loss']:.4g})",
             flush=True,
