@@ -5,6 +5,7 @@ import dataclasses
 import importlib.util
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -404,6 +405,20 @@ def test_unprepared_tfds_dataset_says_how_to_prepare_it(tmp_path):
         dataset_info(
             DataConfig(dataset="celeb_a_hq", image_size=256, num_channels=3, data_dir=str(tmp_path))
         )
+
+
+def test_tfrecord_copy_says_how_to_convert_it(data_dir, tmp_path):
+    # Writing TFRecords needs TensorFlow, so a copy prepared that way is simulated by relabelling.
+    shutil.copytree(pathlib.Path(data_dir, "sklearn_digits"), tmp_path / "sklearn_digits")
+    info = tmp_path / "sklearn_digits" / "1.0.0" / "dataset_info.json"
+    info.write_text(info.read_text().replace('"array_record"', '"tfrecord"'))
+    with pytest.raises(DatasetNotPreparedError) as e:
+        dataset_info(_cfg(str(tmp_path)))
+    assert "stored in" in str(e.value) and "as tfrecord" in str(e.value)
+    assert (
+        f"tfds convert_format --dataset_version_dir={info.parent} --out_file_format=array_record"
+        in str(e.value)
+    )
 
 
 def test_prepare_command_line(tmp_path, capsys):

@@ -65,20 +65,28 @@ def tfds_builder(cfg: DataConfig) -> tfds.core.DatasetBuilder:
     if spec.auto_prepare and not _is_prepared(spec.tfds_name, data_dir):
         from sde_jax.data import digits  # Registers its builder class; see its docstring.
 
-        digits.prepare(data_dir)
+        try:
+            digits.prepare(data_dir)
+        except Exception:
+            # Processes sharing a data directory may race to prepare it; losing the race is fine.
+            if not _is_prepared(spec.tfds_name, data_dir):
+                raise
     try:
         builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as e:
         raise _not_prepared(spec, data_dir, "is not prepared") from e
     if not builder.is_prepared():
         raise _not_prepared(spec, data_dir, "is not prepared")
-    file_format = builder.info.file_format
-    if file_format != tfds.core.FileFormat.ARRAY_RECORD:
-        raise _not_prepared(
-            spec,
-            data_dir,
-            f"is stored as {getattr(file_format, 'value', file_format)}, which cannot be read without "
-            "TensorFlow; it must be prepared as array_record",
+    formats = builder.info.available_file_formats()
+    if tfds.core.FileFormat.ARRAY_RECORD not in formats:
+        stored = ", ".join(sorted(f.value for f in formats))
+        raise DatasetNotPreparedError(
+            f"Data set {spec.name!r} (TFDS {spec.tfds_name!r}) is stored in {builder.data_dir} as "
+            f"{stored}, which cannot be read without TensorFlow. Convert it once to array_record "
+            "(needs TensorFlow: pip install 'sde_jax[prepare]'):\n"
+            f"  tfds convert_format --dataset_version_dir={builder.data_dir} "
+            "--out_file_format=array_record\n"
+            f"or prepare it into another data directory with:\n  {prepare_command(spec, '<DIR>')}"
         )
     return builder
 
@@ -92,7 +100,7 @@ class TfdsSource(Sequence):
     """One split of a prepared TFDS data set, keeping only ``image`` (and ``label``)."""
 
     def __init__(self, builder: tfds.core.DatasetBuilder, split: str, *, with_label: bool):
-        self._source = builder.as_data_source(split=split)
+        self._source = builder.as_data_source(split=split, file_format="array_record")
         self._with_label = with_label
 
     def __len__(self) -> int:
