@@ -295,6 +295,20 @@ def test_resume_with_another_process_count(data_dir):
     np.testing.assert_array_equal(np.concatenate([h["image"] for h in halves]), expected["image"])
 
 
+def test_worker_processes_give_the_same_stream(data_dir):
+    cfg = _cfg(data_dir, random_flip=True, uniform_dequantization=True, batch_size=64)
+    threads = make_dataset(cfg, "train", shuffle=True, repeat=True)
+    _take(threads, 3)
+    state, expected = threads.get_state(), _take(threads, 3)
+    # One start of the workers (seconds) checks both the stream and resuming into workers.
+    it = make_dataset(dataclasses.replace(cfg, num_workers=2), "train", shuffle=True, repeat=True)
+    try:
+        it.set_state(state)
+        _assert_same_batches(_take(it, 3), expected)
+    finally:
+        it.close()
+
+
 def test_one_pass_drops_the_incomplete_batch_by_default(data_dir):
     it = make_dataset(_cfg(data_dir, batch_size=128), "eval", shuffle=False, repeat=False)
     batches = list(it)

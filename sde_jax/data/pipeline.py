@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 import grain
 import jax
 import numpy as np
+from absl import flags
 
 from sde_jax.data import transforms
 from sde_jax.data.config import DataConfig
@@ -105,6 +106,7 @@ class DataIterator(Iterator[Batch]):
         process_index: int,
         process_count: int,
         read_options: grain.ReadOptions,
+        num_workers: int,
         description: dict[str, Any],
     ):
         self._batches = batches
@@ -112,9 +114,10 @@ class DataIterator(Iterator[Batch]):
         self._process_index = process_index
         self._process_count = process_count
         self._read_options = read_options
+        self._num_workers = num_workers
         self._description = description
         self._step = 0
-        self._it = self._iterator_from(0)
+        self._it: Iterator[Batch] | None = None  # Made on first use, so set_state wastes no reads.
 
     def _iterator_from(self, step: int) -> Iterator[Batch]:
         # Local batch k of this process is row block `process_index` of global batch k, i.e. entry
@@ -123,9 +126,24 @@ class DataIterator(Iterator[Batch]):
         local = self._batches[
             step * self._process_count + self._process_index : stop : self._process_count
         ]
-        return iter(local.to_iter_dataset(self._read_options))
+        ds = local.to_iter_dataset(self._read_options)
+        if self._num_workers:
+            # Worker processes read grain's absl flags, which are unparsed outside an absl program;
+            # their defaults are what is wanted then.
+            if not flags.FLAGS.is_parsed():
+                flags.FLAGS.mark_as_parsed()
+            ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self._num_workers))
+        return iter(ds)
+
+    def close(self) -> None:
+        """Stops the prefetching threads and worker processes (also done on garbage collection)."""
+        if self._it is not None:
+            self._it.close()
+            self._it = None
 
     def __next__(self) -> Batch:
+        if self._it is None:
+            self._it = self._iterator_from(self._step)
         batch = next(self._it)
         self._step += 1
         return batch
@@ -162,14 +180,12 @@ class DataIterator(Iterator[Batch]):
             raise ValueError(
                 f"The saved data position belongs to a different data stream ({details})."
             )
-        if (
-            not isinstance(step, int)
-            or step < 0
-            or (self._num_steps is not None and step > self._num_steps)
-        ):
+        # Checkpoint libraries may hand integers back as numpy scalars.
+        valid = isinstance(step, int | np.integer) and not isinstance(step, bool)
+        if not valid or step < 0 or (self._num_steps is not None and step > self._num_steps):
             raise ValueError(f"Invalid saved data position step={step!r}.")
-        self._it = self._iterator_from(step)
-        self._step = step
+        self.close()
+        self._step = int(step)
 
 
 def make_dataset(
@@ -281,5 +297,6 @@ def make_dataset(
         process_index=process_index,
         process_count=process_count,
         read_options=read_options,
+        num_workers=cfg.num_workers,
         description=description,
     )
