@@ -75,11 +75,8 @@ class DataConfig:
                 f"data.image_size={self.image_size} is larger than the {spec.max_size}x"
                 f"{spec.max_size} images of data set {self.dataset!r} can give without upsampling."
             )
-        if spec.tfds_name is None and not self.folder:
-            raise ValueError(
-                f"data.dataset={self.dataset!r} reads images from data.folder, which is not set. "
-                + (spec.manual or "Set data.folder to a directory of PNG/JPEG images.")
-            )
+        # A missing data.folder is reported when data is read (``open_source``), so that configs
+        # such as FFHQ's still build their model without the images at hand.
 
     @property
     def spec(self) -> DatasetSpec:

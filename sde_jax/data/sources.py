@@ -162,5 +162,10 @@ def open_source(cfg: DataConfig, split: str) -> Sequence:
     if split not in spec.splits:
         raise ValueError(f"Unknown split {split!r}; allowed values: {', '.join(spec.splits)}.")
     if spec.tfds_name is None:
+        if not cfg.folder:
+            raise ValueError(
+                f"data.dataset={spec.name!r} reads images from data.folder, which is not set. "
+                + (spec.manual or "Set data.folder to a directory of PNG/JPEG images.")
+            )
         return ImageFolderSource(cfg.folder, cfg.num_channels)
     return TfdsSource(tfds_builder(cfg), spec.splits[split], with_label=spec.num_classes > 0)
