@@ -80,8 +80,10 @@ DATASETS: dict[str, DatasetSpec] = {
             resize="celeba",
             manual=(
                 "TFDS downloads CelebA from Google Drive, which often refuses with a quota error; "
-                "then download img_align_celeba.zip and the list_*.txt files by hand into "
-                "--manual_dir (see https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html)."
+                "then download img_align_celeba.zip, list_eval_partition.txt, list_attr_celeba.txt, "
+                "list_landmarks_align_celeba.txt and identity_CelebA.txt by hand (see "
+                "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html) into one directory and add "
+                "--manual_dir DIR to the command."
             ),
         ),
         DatasetSpec(

@@ -28,7 +28,8 @@ def prepare(name: str, data_dir: str, *, manual_dir: str | None = None) -> str:
     Args:
         name: a name from ``DATASETS`` that is read from TFDS.
         data_dir: the TFDS data directory.
-        manual_dir: where manually downloaded files are (CelebA-HQ).
+        manual_dir: where manually downloaded files are (CelebA-HQ needs them; TFDS also takes any
+            download from there when a file of the expected name is present).
 
     Returns:
         The directory the data set was written to.
@@ -68,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("prepare", help="prepare a data set as array_record files")
     p.add_argument("name", choices=sorted(n for n, s in DATASETS.items() if s.tfds_name))
     p.add_argument("--data_dir", required=True, help="the TFDS data directory (data.data_dir)")
-    p.add_argument("--manual_dir", default=None, help="manually downloaded files (CelebA-HQ)")
+    p.add_argument(
+        "--manual_dir",
+        default=None,
+        help="manually downloaded files (CelebA-HQ; CelebA when Google Drive refuses)",
+    )
     args = parser.parse_args(argv)
     try:
         path = prepare(args.name, args.data_dir, manual_dir=args.manual_dir)
