@@ -87,6 +87,9 @@ def base_config() -> ml_collections.ConfigDict:
     data.centered = False
     data.uniform_dequantization = False
     data.data_dir = ""
+    data.folder = ""
+    data.num_threads = 4
+    data.num_workers = 0
     return config
 
 

@@ -257,7 +257,7 @@ def train(exp, workdir: str) -> TrainState:
     inverse_scaler = data_lib.inverse_scaler(exp.data)
     train_iter = data_lib.make_dataset(exp.data, "train", shuffle=True, repeat=True, seed=exp.seed)
     eval_iter = data_lib.make_dataset(
-        exp.data, "test", shuffle=True, repeat=True, seed=exp.seed + 1
+        exp.data, "eval", shuffle=True, repeat=True, seed=exp.seed + 1
     )
 
     optimizer = make_optimizer(exp.optim)
