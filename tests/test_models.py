@@ -128,7 +128,7 @@ def test_image_size_must_be_divisible(cls):
 
 def _small(key, **over):
     name, _, fields = preset_fields(key)
-    fields.update(nf=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,), **over)
+    fields.update(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), **over)
     return get_model(name, **fields)
 
 
@@ -154,10 +154,10 @@ def _dsm_loss(sde, model, variables, x0, key, reduce_mean):
 )
 def test_initial_loss(key, sde, reduce_mean):
     model = _small(key)
-    x0 = jax.random.uniform(jax.random.PRNGKey(1), (8, 16, 16, 3))
+    x0 = jax.random.uniform(jax.random.PRNGKey(1), (16, 8, 8, 3))
     if model.centered:
         x0 = 2 * x0 - 1
-    variables = jax.jit(model.init)(jax.random.PRNGKey(0), x0, jnp.ones((8,)))
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), x0, jnp.ones((16,)))
     loss_fn = jax.jit(lambda v, x, k: _dsm_loss(sde, model, v, x, k, reduce_mean))
     loss = float(loss_fn(variables, x0, jax.random.PRNGKey(2)))
     expected = 1.0 if reduce_mean else 0.5 * x0[0].size
@@ -168,15 +168,15 @@ def test_initial_loss_with_project_loss():
     losses = pytest.importorskip("sde_jax.losses")
     model = _small("vp/cifar10_ddpmpp_continuous")
     sde = VPSDE()
-    x0 = 2 * jax.random.uniform(jax.random.PRNGKey(1), (8, 16, 16, 3)) - 1
-    variables = jax.jit(model.init)(jax.random.PRNGKey(0), x0, jnp.ones((8,)))
+    x0 = 2 * jax.random.uniform(jax.random.PRNGKey(1), (16, 8, 8, 3)) - 1
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), x0, jnp.ones((16,)))
     loss_fn = losses.make_loss_fn(sde, make_score_fn(sde, model), reduce_mean=True, train=False)
     assert abs(float(jax.jit(loss_fn)(variables, jax.random.PRNGKey(2), x0)) - 1.0) < 0.05
 
 
 def test_dropout_and_class_labels():
     model = _small("vp/cifar10_ddpmpp_continuous", dropout=0.5, num_classes=10, init_scale=1.0)
-    x = jax.random.normal(jax.random.PRNGKey(1), (2, 16, 16, 3))
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3))
     t = jnp.array([10.0, 500.0])
     variables = jax.jit(model.init)(jax.random.PRNGKey(0), x, t)
     assert variables["params"]["class_embed"]["embedding"].shape == (11, 64)
