@@ -16,8 +16,8 @@ Command line::
     python -m sde_jax.convert --checkpoint checkpoint_26.pth \
         --config configs/ve/cifar10_ncsnpp_continuous.py --out converted/cifar10_ncsnpp_ve
 
-``--config`` is a Python file defining ``get_config()`` or a JSON file (a config, or a fixture JSON
-with a ``config`` entry).
+``--config`` is a Python file defining ``get_config()`` (one of this project's ``configs/*.py``, or
+one of the paper's configs) or a JSON file (a config, or a fixture JSON with a ``config`` entry).
 
 Output format (read back with :func:`load_converted`), a directory with:
 
@@ -171,14 +171,39 @@ _LOWERCASE = (
 )
 
 
+def _is_project_config(config: Any) -> bool:
+    try:
+        return "sde" in config
+    except TypeError:
+        return False
+
+
+def _model_from_project_config(config: Any) -> NCSNpp | DDPM:
+    mc, sde, data = _section(config, "model"), _section(config, "sde"), _section(config, "data")
+    if "name" not in mc:
+        raise ValueError("config has no `model.name`")
+    name = mc.pop("name")
+    mc.pop("ema_rate", None)
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in mc.items()}
+    for field in ("sigma_min", "sigma_max", "num_scales"):
+        if field in sde:
+            fields[field] = sde[field]
+    fields["centered"] = bool(data.get("centered", False))
+    return get_model(name, **fields)
+
+
 def model_from_config(config: Any) -> NCSNpp | DDPM:
-    """The network of one of the paper's configs (``config.model.name`` 'ncsnpp' or 'ddpm').
+    """The network of a config: one of the paper's (``config.model.name`` 'ncsnpp' or 'ddpm' with
+    the original field names), or one of this project's (``configs/*.py``: a ``config.sde``
+    section, and ``config.model`` holding ``name``, ``ema_rate`` and the module fields).
 
     Raises:
         ValueError: for an unknown model name, a missing field, or options this implementation does
             not provide (``normalization`` other than GroupNorm, ``attention_type`` other than ddpm,
             ``conv_size`` other than 3).
     """
+    if _is_project_config(config):
+        return _model_from_project_config(config)
     mc = _section(config, "model")
     data = _section(config, "data")
     name = str(mc.get("name", "")).lower()
@@ -520,8 +545,12 @@ def model_fields(model: nn.Module) -> dict:
 
 def sde_from_config(config: Any) -> dict:
     """The config's SDE as ``{"name": ..., constants..., "N": ...}`` (the paper's field names)."""
-    training, mc = _section(config, "training"), _section(config, "model")
-    name = str(training.get("sde", "")).lower()
+    if _is_project_config(config):
+        training, mc = {}, _section(config, "sde")
+        name = str(mc.get("name", "")).lower()
+    else:
+        training, mc = _section(config, "training"), _section(config, "model")
+        name = str(training.get("sde", "")).lower()
     if name == "vesde":
         return dict(
             name=name,
@@ -536,7 +565,7 @@ def sde_from_config(config: Any) -> dict:
             beta_max=float(mc["beta_max"]),
             N=int(mc["num_scales"]),
         )
-    raise ValueError(f"unknown `training.sde` {training.get('sde')!r}")
+    raise ValueError(f"unknown SDE {name!r}; expected 'vesde', 'vpsde' or 'subvpsde'")
 
 
 def save_converted(

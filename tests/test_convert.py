@@ -160,3 +160,25 @@ def test_python_config_file(tmp_path):
     )
     cfg = convert.load_config_file(path)
     assert convert.model_from_config(cfg) == convert.model_from_config(config())
+
+
+def test_project_config_format():
+    # This project's configs: an `sde` section; `model` holds the module fields.
+    paper = config()
+    fields = {
+        k: paper["model"][k]
+        for k in convert._NCSNPP_FIELDS
+        if k not in ("sigma_min", "sigma_max", "num_scales")
+    }
+    project = {
+        "sde": {"name": "vesde", "sigma_min": 0.01, "sigma_max": 50.0, "num_scales": 1000},
+        "model": {"name": "ncsnpp", "ema_rate": 0.999, **fields},
+        "data": {"image_size": 16, "num_channels": 3, "centered": False},
+        "training": {"continuous": True},
+    }
+    assert convert.model_from_config(project) == convert.model_from_config(paper)
+    assert convert.sde_from_config(project) == convert.sde_from_config(paper)
+    _, a = convert.load_score_sde_pytorch(state_dict(NAME), project)
+    _, b = convert.load_score_sde_pytorch(state_dict(NAME), paper)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
