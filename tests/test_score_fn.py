@@ -96,3 +96,17 @@ def test_bad_inputs():
         make_score_fn(object(), MODEL)
     with pytest.raises(ValueError, match="shape"):
         make_score_fn(VPSDE(), MODEL)(VARIABLES, X, T[:2])
+
+
+def test_discrete_vp_level_of_grid_times_is_exact():
+    """t = i / (N - 1), the times the discrete DDPM loss uses, select noise level i for every i."""
+    from sde_jax.models.score_fn import network_labels
+
+    sde = VPSDE()
+    i = jnp.arange(sde.N)
+    t = i.astype(jnp.float32) / (sde.N - 1)
+    _, factor = network_labels(sde, jnp.zeros((sde.N, 1)), t, continuous=False)
+    np.testing.assert_allclose(-1.0 / factor, sde.sqrt_1m_alphas_cumprod[i], rtol=1e-6)
+    # The paper's sampler grid still truncates: t = eps gives label 0.999 and level 0.
+    _, factor = network_labels(sde, jnp.zeros((1, 1)), jnp.array([1e-3]), continuous=False)
+    np.testing.assert_allclose(-1.0 / factor, sde.sqrt_1m_alphas_cumprod[:1])

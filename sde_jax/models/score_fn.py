@@ -49,7 +49,11 @@ def network_labels(sde, x: Array, t: Array, *, continuous: bool = True) -> tuple
             std = sde.marginal_prob(jnp.zeros_like(x), t)[1]
             return 999.0 * t, -1.0 / std
         labels = t * (sde.N - 1)
-        std = sde.sqrt_1m_alphas_cumprod[labels.astype(jnp.int32)]
+        # Truncation picks the noise level as the paper's samplers do, but a time on the grid
+        # t = i / (N - 1) (as the discrete DDPM loss draws) can land a rounding error below i;
+        # a 4-ulp relative guard keeps it at i without moving any off-grid sampler time.
+        index = (labels * (1.0 + 4 * jnp.finfo(labels.dtype).eps)).astype(jnp.int32)
+        std = sde.sqrt_1m_alphas_cumprod[jnp.minimum(index, sde.N - 1)]
         return labels, -1.0 / std
     if isinstance(sde, VESDE):
         if continuous:
