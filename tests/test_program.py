@@ -1,0 +1,308 @@
+"""The program: configs, train / sample / eval end to end, multi-device equivalence, pre-emption."""
+
+import importlib
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from sde_jax.config import Experiment
+from sde_jax.summary import read_scalars
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# Reference parameter counts of the paper's networks (PyTorch, all parameters): exact, or in
+# millions rounded to two decimals.
+PAPER_CONFIGS = {
+    "vp_cifar10": 61_804_419,
+    "subvp_cifar10": 61_804_419,
+    "ve_cifar10": 62_758_915,
+    "vp_cifar10_deep": 106.63,
+    "subvp_cifar10_deep": 106.63,
+    "ve_cifar10_deep": 107.59,
+    "vp_cifar10_ddpmpp_discrete": 61_804_419,
+    "ve_cifar10_ncsnpp_discrete": 62.69,
+    "vp_cifar10_ddpm": 35.22,
+    "ve_celeba64": None,
+    "ve_bedroom": 65.57,
+    "ve_church": 65.57,
+    "ve_celebahq256": 65.57,
+    "ve_ffhq256": 65.57,
+}
+
+
+def load_config(name, **overrides):
+    config = importlib.import_module(f"configs.{name}").get_config()
+    for path, value in overrides.items():
+        section, field = path.split(".")
+        config[section][field] = value
+    return config
+
+
+# The program's subprocesses compile full networks but run only a few steps: XLA's cheapest backend
+# optimization level cuts their compile time about four-fold, and one shared compilation cache lets
+# train, sample, eval and resume reuse each other's programs.
+_FAST_COMPILE = "--xla_backend_optimization_level=0"
+
+
+def _env(extra=None):
+    env = dict(os.environ, **(extra or {}))
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + _FAST_COMPILE).strip()
+    env.setdefault("PYTHONPATH", str(ROOT))
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(ROOT / ".jax_cache" / "program"))
+    return env
+
+
+def _run(args, env=None, timeout=600, check=True):
+    env = _env(env)
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def _main(mode, workdir, data_dir, *extra, check=True, env=None):
+    return _run(
+        [
+            "main.py",
+            f"--mode={mode}",
+            "--config=configs/tiny.py",
+            f"--workdir={workdir}",
+            f"--config.data.data_dir={data_dir}",
+            *extra,
+        ],
+        env=env,
+        check=check,
+    )
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_CONFIGS))
+def test_paper_configs_build_with_reference_parameter_counts(name):
+    from sde_jax.train import abstract_state, make_mesh
+
+    overrides = {"data.folder": "/nonexistent"} if name == "ve_ffhq256" else {}
+    exp = Experiment.from_config(load_config(name, **overrides))
+    state = abstract_state(exp, exp.build_model(), make_mesh())
+    count = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(state.params))
+    expected = PAPER_CONFIGS[name]
+    if isinstance(expected, int):
+        assert count == expected
+    elif expected is not None:
+        assert round(count / 1e6, 2) == expected
+    assert count > 1e7
+
+
+def test_tiny_config_trains_samples_and_evaluates(tmp_path, data_dir):
+    workdir = tmp_path / "run"
+    _main("train", workdir, data_dir)
+    snapshots = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir())
+    assert snapshots == [4, 8]
+    assert (workdir / "samples" / "step_8.png").stat().st_size > 0
+    events = list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    scalars = read_scalars(str(events[0]))
+    assert [s for s, _ in scalars["train/loss"]] == [2, 4, 6, 8]
+    assert all(np.isfinite(v) for _, v in scalars["train/loss"])
+    assert [s for s, _ in scalars["eval/loss"]] == [4, 8]
+
+    _main("sample", workdir, data_dir)
+    out = np.load(workdir / "samples" / "step_8" / "samples.npz")
+    assert out["images"].shape == (8, 8, 8, 1) and out["images"].dtype == np.uint8
+    assert int(out["nfe"]) == 20
+    assert (workdir / "samples" / "step_8" / "grid.png").exists()
+
+    _main("eval", workdir, data_dir)
+    report = json.loads((workdir / "eval" / "report.json").read_text())
+    assert sorted(report) == ["4", "8"]
+    for entry in report.values():
+        assert np.isfinite(entry["test_loss"]) and entry["test_loss"] > 0
+        assert len(entry["bpd_per_repeat"]) == 2
+        # Random-ish models on 8-bit data: somewhere between 0 and far above 8 bits/dim.
+        assert 0 < entry["bpd"] < 100
+    # Finished evaluations are skipped when eval runs again.
+    before = (workdir / "eval" / "step_8.json").stat().st_mtime_ns
+    _main("eval", workdir, data_dir)
+    assert (workdir / "eval" / "step_8.json").stat().st_mtime_ns == before
+
+
+_TRAIN_PROBE = """
+import json, sys, jax, numpy as np
+sys.path.insert(0, {root!r})
+from configs.tiny import get_config
+from sde_jax.config import Experiment
+from sde_jax import train as T
+cfg = get_config()
+cfg.data.data_dir = {data_dir!r}
+cfg.training.snapshot_sampling = False
+exp = Experiment.from_config(cfg)
+state = T.train(exp, {workdir!r})
+leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves(state.params)]
+print(json.dumps({{"devices": jax.device_count(), "sum": sum(float(l.sum()) for l in leaves),
+                  "abs": sum(float(np.abs(l).sum()) for l in leaves),
+                  "first": leaves[0].ravel()[:8].tolist()}}))
+"""
+
+
+def test_training_is_the_same_on_1_2_and_4_devices(tmp_path, data_dir):
+    results = {}
+    for n in (1, 2, 4):
+        code = _TRAIN_PROBE.format(
+            root=str(ROOT), data_dir=data_dir, workdir=str(tmp_path / str(n))
+        )
+        env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}", "JAX_PLATFORMS": "cpu"}
+        out = _run(["-c", code], env=env).stdout.strip().splitlines()[-1]
+        results[n] = json.loads(out)
+        assert results[n]["devices"] == n
+        losses = read_scalars(str(next((tmp_path / str(n) / "tensorboard").glob("events*"))))
+        results[n]["losses"] = [v for _, v in losses["train/loss"]]
+    for n in (2, 4):
+        np.testing.assert_allclose(results[n]["losses"], results[1]["losses"], rtol=1e-5)
+        np.testing.assert_allclose(results[n]["first"], results[1]["first"], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(results[n]["abs"], results[1]["abs"], rtol=1e-5)
+
+
+def test_killed_run_resumes_to_identical_parameters(tmp_path, data_dir):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    extra = (
+        "--config.training.n_iters=40",
+        "--config.training.snapshot_sampling=False",
+        "--config.training.snapshot_freq=40",
+    )
+    _main("train", straight, data_dir, *extra)
+
+    env = _env()
+    cmd = [
+        sys.executable,
+        "main.py",
+        "--mode=train",
+        "--config=configs/tiny.py",
+        f"--workdir={killed}",
+        f"--config.data.data_dir={data_dir}",
+        *extra,
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    meta = killed / "checkpoints-meta"
+    deadline = time.time() + 300
+    # Kill as soon as a pre-emption checkpoint past the start exists, mid-run.
+    while time.time() < deadline:
+        steps = [int(p.name) for p in meta.iterdir() if p.name.isdigit()] if meta.exists() else []
+        if steps and max(steps) >= 6:
+            break
+        assert proc.poll() is None, proc.stdout.read().decode()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "checkpoints" / "40").exists(), "the run finished before it was killed"
+    _main("train", killed, data_dir, *extra)
+
+    from sde_jax.checkpoint import Checkpoints
+    from sde_jax.train import abstract_state, make_mesh
+
+    exp = Experiment.from_config(load_config("tiny"))
+    target = abstract_state(exp, exp.build_model(), make_mesh())
+    a, _ = Checkpoints(str(straight)).restore(target, 40)
+    b, _ = Checkpoints(str(killed)).restore(target, 40)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_sigterm_saves_and_exits(tmp_path, data_dir):
+    workdir = tmp_path / "run"
+    env = _env()
+    cmd = [
+        sys.executable,
+        "main.py",
+        "--mode=train",
+        "--config=configs/tiny.py",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={data_dir}",
+        "--config.training.n_iters=100000",
+        "--config.training.snapshot_sampling=False",
+        "--config.training.snapshot_freq_for_preemption=100000",
+        "--config.training.snapshot_freq=100000",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        events = list((workdir / "tensorboard").glob("events*")) if workdir.exists() else []
+        if events and "train/loss" in read_scalars(str(events[0])):
+            break
+        assert proc.poll() is None, proc.stdout.read().decode()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out.decode()
+    assert "SIGTERM" in out.decode()
+    steps = [int(p.name) for p in (workdir / "checkpoints-meta").iterdir() if p.name.isdigit()]
+    assert steps and steps[0] > 0
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("--config.data.dataset=imagenet", "data.dataset"),
+        ("--config.sde.name=edm", "config.sde.name must be one of"),
+        ("--config.model.name=unet", "unknown model"),
+        ("--config.sampling.predictor=heun", "config.sampling.predictor must be one of"),
+        ("--config.training.batch_size=7", "divisible by the number of devices"),
+        ("--config.training.batchsize=8", "batchsize"),
+    ],
+)
+def test_bad_config_fails_before_any_work(tmp_path, data_dir, override, match):
+    workdir = tmp_path / "run"
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    proc = _main("train", workdir, data_dir, override, check=False, env=env)
+    assert proc.returncode != 0
+    assert match in proc.stderr, proc.stderr[-2000:]
+    assert not (workdir / "checkpoints").exists()
+
+
+def test_workdir_of_another_model_is_refused_and_kept(tmp_path, data_dir):
+    workdir = tmp_path / "run"
+    _main(
+        "train",
+        workdir,
+        data_dir,
+        "--config.training.n_iters=2",
+        "--config.training.snapshot_sampling=False",
+        "--config.training.snapshot_freq=2",
+    )
+    before = sorted(str(p) for p in workdir.rglob("*"))
+    proc = _main("train", workdir, data_dir, "--config.model.nf=16", check=False)
+    assert proc.returncode != 0 and "different model" in proc.stderr
+    assert sorted(str(p) for p in workdir.rglob("*")) == before
+
+
+def test_unprepared_dataset_names_the_prepare_command(tmp_path):
+    workdir = tmp_path / "run"
+    proc = _run(
+        [
+            "main.py",
+            "--mode=train",
+            "--config=configs/vp_cifar10.py",
+            f"--workdir={workdir}",
+            f"--config.data.data_dir={tmp_path / 'empty'}",
+        ],
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "cifar10" in proc.stderr and "prepare" in proc.stderr.lower()
+    assert not (workdir / "checkpoints").exists()
