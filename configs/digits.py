@@ -1,7 +1,8 @@
 """The offline default: scikit-learn's 8x8 handwritten digits with a small DDPM++ and the VP SDE.
 
 The 1,797 digits ship inside scikit-learn, so this trains, samples and evaluates with no download:
-about 5 minutes of training on 2 CPU cores gives recognizable digits.
+about 5 minutes of training on 2 CPU cores (1,500 steps of a 1M-parameter DDPM++) gives
+recognizable digits.
 """
 
 import ml_collections
@@ -22,9 +23,9 @@ def get_config():
 
     config.model = model = ml_collections.ConfigDict()
     model.name = "ncsnpp"
-    model.ema_rate = 0.999
+    model.ema_rate = 0.995
     model.nf = 32
-    model.ch_mult = (1, 2, 2)
+    model.ch_mult = (1, 2)
     model.num_res_blocks = 2
     model.attn_resolutions = (4,)
     model.dropout = 0.0
@@ -45,12 +46,12 @@ def get_config():
 
     training = config.training
     training.batch_size = 128
-    training.n_iters = 4000
-    training.n_jitted_steps = 10
-    training.snapshot_freq = 2000
-    training.snapshot_freq_for_preemption = 200
-    training.log_freq = 100
-    training.eval_freq = 500
+    training.n_iters = 1500
+    training.n_jitted_steps = 1  # See sde_jax.train.make_train_step: loops are slow on CPU.
+    training.snapshot_freq = 750
+    training.snapshot_freq_for_preemption = 250
+    training.log_freq = 50
+    training.eval_freq = 250
     training.reduce_mean = True
     training.n_snapshot_samples = 64
 

@@ -16,7 +16,7 @@ def get_config():
     training = config.training
     training.batch_size = 8
     training.n_iters = 8
-    training.n_jitted_steps = 2
+    training.n_jitted_steps = 1
     training.snapshot_freq = 4
     training.snapshot_freq_for_preemption = 2
     training.log_freq = 2
