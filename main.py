@@ -7,7 +7,7 @@
 Any config field can be overridden, e.g. ``--config.training.batch_size=64``.
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -21,6 +21,9 @@ flags.mark_flags_as_required(["config", "workdir", "mode"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:
+        # Orbax and TFDS log every checkpoint and file at INFO; keep the progress lines readable.
+        logging.set_verbosity(logging.WARNING)
     import jax
 
     from sde_jax.config import Experiment

@@ -74,6 +74,8 @@ class Checkpoints:
     """
 
     def __init__(self, workdir: str, keep_snapshots: int | None = None):
+        # Orbax requires absolute paths; --workdir=runs/x is relative.
+        workdir = os.path.abspath(workdir)
         self.workdir = workdir
         self.snapshots = _manager(os.path.join(workdir, SNAPSHOTS), keep_snapshots)
         self.preemption = _manager(os.path.join(workdir, PREEMPTION), 1)

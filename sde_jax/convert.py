@@ -29,6 +29,10 @@ Output format (read back with :func:`load_converted`), a directory with:
   ``{"params": ..., "ema_params": ..., "step": int}``; ``{"params": params}`` and
   ``{"params": ema_params}`` are variables for ``model.apply``. The EMA weights are the ones the
   paper samples and evaluates with.
+
+With one of this project's configs as ``--config``, the directory is also a run workdir
+(:func:`save_as_run`): ``python main.py --mode=sample --config=configs/ve_cifar10.py
+--workdir=converted/cifar10_ncsnpp_ve`` samples with the converted EMA weights.
 """
 
 from __future__ import annotations
@@ -598,6 +602,38 @@ def save_converted(
     return out
 
 
+def save_as_run(
+    out_dir: str | pathlib.Path, config: Any, params: Mapping, ema_params: Mapping, step: int
+) -> pathlib.Path:
+    """Writes converted weights as a run workdir of this project's program.
+
+    ``config`` is one of this project's configs (``configs/*.py``). The directory then holds the
+    run signature and a snapshot at ``step`` (with a fresh optimizer state), so
+    ``python main.py --mode=sample --config=<config> --workdir=<out_dir>`` (or ``--mode=eval``)
+    uses the converted EMA weights, and ``--mode=train`` fine-tunes from them.
+    """
+    import jax.numpy as jnp
+
+    from sde_jax.checkpoint import Checkpoints, check_signature
+    from sde_jax.config import Experiment
+    from sde_jax.train import TrainState, make_optimizer
+
+    out = pathlib.Path(out_dir).absolute()
+    exp = Experiment.from_config(config)
+    check_signature(str(out), exp.signature())
+    params, ema_params = dict(params), dict(ema_params)
+    state = TrainState(
+        step=jnp.asarray(step, jnp.int32),
+        params=params,
+        ema_params=ema_params,
+        opt_state=make_optimizer(exp.optim).init(params),
+    )
+    ckpts = Checkpoints(str(out))
+    ckpts.save(int(step), state, {"data": None}, snapshot=True)
+    ckpts.close()
+    return out
+
+
 def load_converted(out_dir: str | pathlib.Path) -> tuple[nn.Module, dict, dict]:
     """Reads a directory written by :func:`save_converted`.
 
@@ -666,6 +702,8 @@ def main(argv: list[str] | None = None) -> int:
         step=ckpt["step"],
         source={"checkpoint": str(args.checkpoint), "config": str(args.config)},
     )
+    if _is_project_config(config):
+        save_as_run(args.out, config, variables["params"], ema_variables["params"], ckpt["step"])
     n = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(variables["params"]))
     print(f"wrote {out} ({type(model).__name__}, {n:,} parameters, step {ckpt['step']})")
     return 0

@@ -78,8 +78,12 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 
 def save_grid(path: str, images01: np.ndarray, max_images: int = 100) -> None:
-    """Writes up to ``max_images`` images in [0, 1] as one PNG grid."""
-    write_png(path, image_grid(np.asarray(images01)[:max_images]))
+    """Writes up to ``max_images`` images in [0, 1] as one PNG grid; images smaller than 32 pixels
+    are enlarged (nearest neighbour) so that an 8x8 digit is visible."""
+    images = np.asarray(images01)[:max_images]
+    scale = max(1, -(-32 // images.shape[1]))
+    images = images.repeat(scale, axis=1).repeat(scale, axis=2)
+    write_png(path, image_grid(images))
 
 
 def generate(

@@ -273,7 +273,8 @@ def train(exp, workdir: str) -> TrainState:
     target = abstract_state(exp, model, mesh)
     if ckpts.latest_step() is not None:
         state, extra = ckpts.restore(target)
-        train_iter.set_state(_decode_state(extra["data"]))
+        if extra.get("data") is not None:  # None: converted weights, no data stream yet.
+            train_iter.set_state(_decode_state(extra["data"]))
         print(f"resumed from step {int(extra['step'])} in {workdir}")
     else:
         image_shape = (exp.data.image_size, exp.data.image_size, exp.data.num_channels)

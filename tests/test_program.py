@@ -306,3 +306,25 @@ def test_unprepared_dataset_names_the_prepare_command(tmp_path):
     assert proc.returncode != 0
     assert "cifar10" in proc.stderr and "prepare" in proc.stderr.lower()
     assert not (workdir / "checkpoints").exists()
+
+
+def test_converted_weights_are_a_run_that_sample_mode_loads(tmp_path, data_dir):
+    """The converter's output directory is a workdir: --mode=sample uses its EMA weights."""
+    from sde_jax.convert import save_as_run
+    from sde_jax.generate import run_sample_mode
+    from sde_jax.train import init_state, make_optimizer
+
+    config = load_config("tiny", **{"data.data_dir": data_dir, "sampling.num_samples": 4})
+    exp = Experiment.from_config(config)
+    model = exp.build_model()
+    state = init_state(jax.random.key(3), model, make_optimizer(exp.optim), (8, 8, 1))
+    ema = jax.tree.map(lambda p: p + 0.01, state.params)
+    save_as_run(tmp_path / "converted", config, state.params, ema, step=7)
+    out = run_sample_mode(exp, str(tmp_path / "converted"))
+    assert out.endswith("step_7")
+    images = np.load(os.path.join(out, "samples.npz"))["images"]
+    assert images.shape == (4, 8, 8, 1)
+    # A config of another model is refused instead of loading mismatched weights.
+    other = load_config("tiny", **{"model.nf": 16, "data.data_dir": data_dir})
+    with pytest.raises(ValueError, match="different model"):
+        run_sample_mode(Experiment.from_config(other), str(tmp_path / "converted"))
