@@ -13,7 +13,6 @@ floating-point summation order, on any number of devices.
 
 from __future__ import annotations
 
-import base64
 import functools
 import os
 import signal
@@ -210,19 +209,6 @@ def abstract_state(exp, model: nn.Module, mesh: Mesh) -> TrainState:
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
 
-def _encode_state(state: Any) -> Any:
-    # Iterator states may be bytes; checkpoints store JSON.
-    if isinstance(state, bytes):
-        return {"base64": base64.b64encode(state).decode()}
-    return state
-
-
-def _decode_state(state: Any) -> Any:
-    if isinstance(state, dict) and set(state) == {"base64"}:
-        return base64.b64decode(state["base64"])
-    return state
-
-
 class _Preemption:
     """Turns SIGTERM into a flag the loop checks between steps."""
 
@@ -274,7 +260,7 @@ def train(exp, workdir: str) -> TrainState:
     if ckpts.latest_step() is not None:
         state, extra = ckpts.restore(target)
         if extra.get("data") is not None:  # None: converted weights, no data stream yet.
-            train_iter.set_state(_decode_state(extra["data"]))
+            train_iter.set_state(extra["data"])
         print(f"resumed from step {int(extra['step'])} in {workdir}")
     else:
         image_shape = (exp.data.image_size, exp.data.image_size, exp.data.num_channels)
@@ -321,7 +307,7 @@ def train(exp, workdir: str) -> TrainState:
                     eval_step(state.ema_params, batch, jax.random.fold_in(eval_key, step))
                 )
                 writer.scalars(step, {"eval/loss": eval_loss})
-            extra = {"data": _encode_state(train_iter.get_state())}
+            extra = {"data": train_iter.get_state()}  # A small JSON dict.
             if step % cfg.snapshot_freq == 0 or step == cfg.n_iters:
                 ckpts.save(step, state, extra, snapshot=True)
                 if sample_fn is not None:
