@@ -1,0 +1,28 @@
+"""Sample quality: FID, Inception Score and KID with the FID Inception-v3, comparable with the paper.
+
+- :mod:`~sde_jax.metrics.inception`: the network (Flax), TF1 bilinear resizing, and
+  :class:`FeatureExtractor` (jitted batches over the device mesh).
+- :mod:`~sde_jax.metrics.weights`: download, checksum, conversion and caching of its weights.
+- :mod:`~sde_jax.metrics.scores`: FID, KID, IS, and feature-statistics files with the metadata that
+  makes statistics from a different layer, resizing, image size or weights an error.
+"""
+
+from sde_jax.metrics.inception import (
+    FEATURE_LAYERS,
+    FeatureExtractor,
+    InceptionV3,
+    preprocess,
+    resize_bilinear_tf1,
+)
+from sde_jax.metrics.weights import InceptionWeights, WeightsUnavailableError, load_inception
+
+__all__ = [
+    "FEATURE_LAYERS",
+    "FeatureExtractor",
+    "InceptionV3",
+    "InceptionWeights",
+    "WeightsUnavailableError",
+    "load_inception",
+    "preprocess",
+    "resize_bilinear_tf1",
+]
