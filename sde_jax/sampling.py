@@ -33,6 +33,7 @@ is Tweedie's denoising step at :math:`t = \epsilon` for ``reverse_diffusion``.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from collections.abc import Callable
 
@@ -40,6 +41,7 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
+from sde_jax import fast_sampling
 from sde_jax.sde import SDE, VESDE, VPSDE, ScoreFn, SubVPSDE, batch_broadcast
 
 Array = jax.Array
@@ -310,31 +312,45 @@ def solve_ode(
     t1: float | Array,
     *,
     solver: str,
-    rtol: float,
-    atol: float,
+    rtol: float | Array | None = None,
+    atol: float | Array | None = None,
     max_steps: int,
     args=None,
+    dt0: float | Array | None = None,
 ):
-    """Adaptive diffrax solve of ``dy/dt = vector_field(t, y, args)`` from ``t0`` to ``t1``.
+    """Diffrax solve of ``dy/dt = vector_field(t, y, args)`` from ``t0`` to ``t1``.
+
+    With ``rtol`` and ``atol`` the steps are chosen by a PID controller; with ``dt0`` instead they
+    are constant steps of ``dt0`` (one of the two, not both).
 
     Returns ``(y(t1), nfe)``. Errors (e.g. ``max_steps`` reached) are raised by diffrax.
     """
     _choice("solver", solver, SOLVERS)
+    adaptive = dt0 is None
+    if adaptive != (rtol is not None and atol is not None) or (not adaptive and rtol is not None):
+        raise ValueError("give either `rtol` and `atol` (adaptive steps) or `dt0` (fixed steps).")
     method = SOLVERS[solver]()
+    if adaptive:
+        controller = diffrax.PIDController(rtol=rtol, atol=atol)
+    else:
+        controller = diffrax.ConstantStepSize()
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(vector_field),
         method,
         t0=t0,
         t1=t1,
-        dt0=None,
+        dt0=dt0,
         y0=y0,
         args=args,
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        stepsize_controller=controller,
         saveat=diffrax.SaveAt(t1=True),
         max_steps=max_steps,
     )
     y1 = jax.tree.map(lambda v: v[-1], sol.ys)
     return y1, solver_nfe(method, sol.stats["num_steps"])
+
+
+ODE_CONTROLLERS = ("pid", "fixed")
 
 
 def ode_sample(
@@ -344,15 +360,26 @@ def ode_sample(
     shape: tuple[int, ...],
     *,
     solver: str = "dopri5",
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
+    controller: str = "pid",
+    rtol: float | None = None,
+    atol: float | None = None,
+    num_steps: int | None = None,
+    rho: float | None = None,
     eps: float | None = None,
     denoise: bool = True,
     z: Array | None = None,
     max_steps: int = 4096,
 ) -> tuple[Array, Array]:
     r"""Samples by solving the probability-flow ODE (paper eq. 13) from :math:`T` to :math:`\epsilon`
-    with an adaptive Runge–Kutta method and a PID step-size controller.
+    with a Runge–Kutta method, on adaptive steps (a PID controller) or a fixed grid.
+
+    The fixed grid (``controller="fixed"``) has ``num_steps`` steps at the times of the EDM noise
+    schedule (Karras et al. 2022, eq. 5; :func:`sde_jax.fast_sampling.edm_schedule`): the ODE is
+    solved in a variable :math:`u \in [0, n]` with :math:`t(u) = t(s_u)`,
+    :math:`s_u = (s(T)^{1/\rho} + \tfrac{u}{n}(s(\epsilon)^{1/\rho} - s(T)^{1/\rho}))^\rho` and
+    :math:`s = \sigma/\alpha` the noise-to-signal ratio, as
+    :math:`\mathrm{d}x/\mathrm{d}u = \bar f(x, t(u))\,t'(u)` with unit steps in :math:`u`. The
+    step count is traced, so a new budget does not compile again.
 
     Args:
         key: PRNG key for the prior sample (unused when ``z`` is given).
@@ -360,8 +387,12 @@ def ode_sample(
         sde: the forward SDE.
         shape: ``(B, *event)``.
         solver: one of :data:`SOLVERS`; ``dopri5`` is the paper's RK45.
-        rtol: relative tolerance.
-        atol: absolute tolerance.
+        controller: ``"pid"`` (adaptive steps; ``rtol``, ``atol``) or ``"fixed"`` (``num_steps``,
+            ``rho``).
+        rtol: relative tolerance of the PID controller (default 1e-5).
+        atol: absolute tolerance of the PID controller (default 1e-5).
+        num_steps: the fixed grid's number of steps (required with ``controller="fixed"``).
+        rho: the fixed grid's schedule exponent (default 7).
         eps: the end time; defaults to ``sde.sampling_eps``.
         denoise: finish with one noise-free reverse-diffusion step at :math:`\epsilon` (one more
             score evaluation).
@@ -369,39 +400,173 @@ def ode_sample(
         max_steps: the solver's step budget.
 
     Returns:
-        ``(samples [B, *event], nfe)``, ``nfe`` the exact number of score evaluations.
+        ``(samples [B, *event], nfe)``, ``nfe`` the exact number of score evaluations (int32): for
+        the fixed grid :func:`solver_nfe` of ``num_steps``, plus one for ``denoise``.
     """
     _choice("solver", solver, SOLVERS)
+    _choice("controller", controller, ODE_CONTROLLERS)
     shape = _check_shape(shape)
     if z is not None and tuple(z.shape) != shape:
         raise ValueError(f"`z` must have shape {shape}; got {tuple(z.shape)}.")
+    fixed = {}
+    if controller == "pid":
+        if num_steps is not None or rho is not None:
+            raise ValueError("`num_steps` and `rho` are options of controller='fixed', not 'pid'.")
+        rtol = 1e-5 if rtol is None else rtol
+        atol = 1e-5 if atol is None else atol
+    else:
+        if rtol is not None or atol is not None:
+            raise ValueError("`rtol` and `atol` are options of controller='pid', not 'fixed'.")
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(
+                f"controller='fixed' needs `num_steps`, a positive int; got {num_steps!r}."
+            )
+        if num_steps > max_steps:
+            raise ValueError(f"`num_steps` ({num_steps}) exceeds `max_steps` ({max_steps}).")
+        rho = 7.0 if rho is None else rho
+        if not rho > 0:
+            raise ValueError(f"`rho` must be > 0; got {rho!r}.")
+        fixed = dict(num_steps=jnp.asarray(num_steps, jnp.int32), rho=jnp.asarray(rho, jnp.float32))
     return _ode_sample(
         key,
         sde,
         z,
         jnp.asarray(_check_eps(sde, eps), jnp.float32),
-        jnp.asarray(rtol, jnp.float32),
-        jnp.asarray(atol, jnp.float32),
+        None if rtol is None else jnp.asarray(rtol, jnp.float32),
+        None if atol is None else jnp.asarray(atol, jnp.float32),
         score_fn=score_fn,
         shape=shape,
         solver=solver,
         denoise=denoise,
         max_steps=max_steps,
+        **fixed,
     )
 
 
 @functools.partial(jax.jit, static_argnames=("score_fn", "shape", "solver", "denoise", "max_steps"))
-def _ode_sample(key, sde, z, eps, rtol, atol, *, score_fn, shape, solver, denoise, max_steps):
+def _ode_sample(
+    key,
+    sde,
+    z,
+    eps,
+    rtol,
+    atol,
+    *,
+    score_fn,
+    shape,
+    solver,
+    denoise,
+    max_steps,
+    num_steps=None,
+    rho=None,
+):
     x = sde.prior_sampling(key, shape) if z is None else z
     rsde = sde.reverse(score_fn, probability_flow=True)
 
     def vector_field(t, x, args):
         return rsde.sde(x, jnp.full((shape[0],), t))[0]
 
-    x, nfe = solve_ode(
-        vector_field, x, sde.T, eps, solver=solver, rtol=rtol, atol=atol, max_steps=max_steps
-    )
+    if num_steps is None:
+        x, nfe = solve_ode(
+            vector_field, x, sde.T, eps, solver=solver, rtol=rtol, atol=atol, max_steps=max_steps
+        )
+    else:
+        time_at = _fixed_grid_time(sde, num_steps, eps, rho)
+
+        def grid_field(u, x, args):
+            t, dt_du = jax.jvp(time_at, (u,), (jnp.ones_like(u),))
+            return vector_field(t, x, args) * dt_du
+
+        # Integer steps in u are exact in floating point, so the grid has exactly num_steps steps.
+        x, nfe = solve_ode(
+            grid_field,
+            x,
+            jnp.zeros((), jnp.float32),
+            num_steps.astype(jnp.float32),
+            solver=solver,
+            dt0=jnp.ones((), jnp.float32),
+            max_steps=max_steps,
+        )
     if denoise:
         x = denoise_step(sde, score_fn, x, jnp.full((shape[0],), eps))
         nfe = nfe + 1
     return x, nfe.astype(jnp.int32)
+
+
+def _fixed_grid_time(sde: SDE, num_steps: Array, eps: Array, rho: Array) -> Callable:
+    r"""``u -> t(u)``: the time at the (continuous) position ``u`` of an EDM grid of ``num_steps``
+    steps from :math:`T` to :math:`\epsilon`."""
+    s_max = fast_sampling.noise_to_signal(sde, jnp.asarray(sde.T, jnp.float32))
+    s_min = fast_sampling.noise_to_signal(sde, eps)
+    return lambda u: fast_sampling.time_of(
+        sde, fast_sampling.edm_schedule(u, num_steps + 1, s_max, s_min, rho)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# One entry point for every sampler.
+
+METHODS: dict[str, Callable] = {
+    "pc": pc_sample,
+    "ode": ode_sample,
+    "edm_heun": fast_sampling.edm_heun_sample,
+    "edm_stochastic": fast_sampling.edm_stochastic_sample,
+    "dpm_solver_2m": fast_sampling.dpm_solver_2m_sample,
+    "ddim": fast_sampling.ddim_sample,
+}
+
+
+def method_options(method: str) -> tuple[str, ...]:
+    """The keyword options that ``method`` (a key of :data:`METHODS`) takes."""
+    _choice("method", method, METHODS)
+    params = inspect.signature(METHODS[method]).parameters.values()
+    return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+def sample(
+    key: Array,
+    score_fn: ScoreFn,
+    sde: SDE,
+    shape: tuple[int, ...],
+    *,
+    method: str,
+    **options,
+) -> tuple[Array, Array]:
+    r"""Draws samples with any sampler of this library: ``METHODS[method](key, score_fn, sde,
+    shape, **options)``.
+
+    ============================  ===========================================  =====================
+    ``method``                    reference                                    NFE per sample
+    ============================  ===========================================  =====================
+    ``pc``                        Song et al. 2021, Algorithm 1                ``N`` x (P + C steps)
+    ``ode``                       Song et al. 2021, eq. 13 (diffrax; PID or    measured (PID),
+                                  fixed EDM grid)                              ``solver_nfe(n)``
+    ``edm_heun``                  Karras et al. 2022, Algorithm 1              ``2n - 1``
+    ``edm_stochastic``            Karras et al. 2022, Algorithm 2              ``2n - 1``
+    ``dpm_solver_2m``             Lu et al. 2022 (DPM-Solver++), Algorithm 2   ``n``
+    ``ddim``                      Song, Meng & Ermon 2021, eq. 12 (``eta``)    ``n``
+    ============================  ===========================================  =====================
+
+    Every method works for VE, VP and sub-VP SDEs (except ``pc`` with
+    ``predictor="ancestral_sampling"``, VE and VP only) and any event shape, and runs as one
+    compiled program.
+
+    Args:
+        key: PRNG key.
+        score_fn: ``score_fn(x, t) -> score``.
+        sde: the forward SDE.
+        shape: ``(B, *event)``.
+        method: a key of :data:`METHODS`.
+        **options: the method's keyword options (:func:`method_options`); any other name is an
+            error.
+
+    Returns:
+        ``(samples [B, *event], nfe)``, ``nfe`` the number of score evaluations per sample (int32).
+    """
+    allowed = method_options(method)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"method {method!r} takes no option(s) {unknown}; its options are {sorted(allowed)}."
+        )
+    return METHODS[method](key, score_fn, sde, shape, **options)
