@@ -3,6 +3,7 @@
   python main.py --mode=train --config=configs/digits.py --workdir=runs/digits
   python main.py --mode=sample --config=configs/digits.py --workdir=runs/digits
   python main.py --mode=eval --config=configs/digits.py --workdir=runs/digits
+  python main.py --mode=fid_stats --config=configs/vp_cifar10.py
 
 Any config field can be overridden, e.g. ``--config.training.batch_size=64``.
 """
@@ -12,15 +13,19 @@ from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, samples, reports.")
-flags.DEFINE_enum("mode", None, ["train", "sample", "eval"], "What to do.")
+flags.DEFINE_string(
+    "workdir", None, "Run directory: checkpoints, logs, samples, reports (not used by fid_stats)."
+)
+flags.DEFINE_enum("mode", None, ["train", "sample", "eval", "fid_stats"], "What to do.")
 flags.DEFINE_integer("step", None, "Checkpoint step for --mode=sample (default: the newest).")
-flags.mark_flags_as_required(["config", "workdir", "mode"])
+flags.mark_flags_as_required(["config", "mode"])
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.mode != "fid_stats" and not FLAGS.workdir:
+        raise app.UsageError(f"--workdir is required for --mode={FLAGS.mode}")
     if not FLAGS["verbosity"].present:
         # Orbax and TFDS log every checkpoint and file at INFO; keep the progress lines readable.
         logging.set_verbosity(logging.WARNING)
@@ -39,6 +44,10 @@ def main(argv):
         from sde_jax.generate import run_sample_mode
 
         run_sample_mode(exp, FLAGS.workdir, step=FLAGS.step)
+    elif FLAGS.mode == "fid_stats":
+        from sde_jax.metrics.programs import run_fid_stats_mode
+
+        run_fid_stats_mode(exp)
     else:
         from sde_jax.evaluate import run_eval_mode
 

@@ -78,6 +78,16 @@ def base_config() -> ml_collections.ConfigDict:
     evaluate.trace = "rademacher"
     evaluate.rtol = 1e-5
     evaluate.atol = 1e-5
+    # Sample quality (FID/IS/KID, sde_jax.metrics): off by default, as it needs the Inception
+    # weights (downloaded on first use) and the data set's statistics (--mode=fid_stats).
+    evaluate.enable_sampling = False
+    evaluate.num_samples = 50000
+    evaluate.fid_stats = ""
+    evaluate.inception_weights = ""
+    evaluate.inception_batch_size = 100
+    evaluate.is_splits = 10
+    evaluate.kid_subsets = 100
+    evaluate.kid_subset_size = 1000
 
     config.data = data = ml_collections.ConfigDict()
     data.dataset = "cifar10"

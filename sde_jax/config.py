@@ -229,7 +229,16 @@ class SamplingConfig:
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     """``config.eval``: which snapshots (steps in ``[begin_step, end_step]``, ``end_step = 0`` for
-    up to the newest), and which measurements."""
+    up to the newest), and which measurements.
+
+    Sample quality (``enable_sampling``, off by default because it needs the Inception weights, see
+    :mod:`sde_jax.metrics`): ``num_samples`` samples in rounds of ``config.sampling.batch_size``,
+    then FID and KID against ``fid_stats`` (a statistics file from ``--mode=fid_stats``; empty: the
+    default path for the data set in the cache directory) and the Inception Score over ``is_splits``
+    splits; KID over ``kid_subsets`` subsets of ``kid_subset_size`` (``kid_subsets = 0``: no KID).
+    ``inception_weights`` is a weights file (empty: the cache, downloaded on first use), and
+    ``inception_batch_size`` the images per jitted Inception call.
+    """
 
     begin_step: int = 0
     end_step: int = 0
@@ -242,12 +251,33 @@ class EvalConfig:
     trace: str = "rademacher"
     rtol: float = 1e-5
     atol: float = 1e-5
+    enable_sampling: bool = False
+    num_samples: int = 50000
+    fid_stats: str = ""
+    inception_weights: str = ""
+    inception_batch_size: int = 100
+    is_splits: int = 10
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
 
     def __post_init__(self):
         _check_choice("eval", "bpd_dataset", self.bpd_dataset, ("train", "eval"))
         _check_choice("eval", "trace", self.trace, ("rademacher", "gaussian", "exact"))
         _check_positive("eval", "batch_size", self.batch_size)
         _check_positive("eval", "num_repeats", self.num_repeats)
+        _check_positive("eval", "num_samples", self.num_samples)
+        _check_positive("eval", "inception_batch_size", self.inception_batch_size)
+        _check_positive("eval", "is_splits", self.is_splits)
+        _check_positive("eval", "kid_subsets", self.kid_subsets, allow_zero=True)
+        if self.kid_subset_size < 2:
+            raise ValueError(
+                f"config.eval.kid_subset_size must be >= 2; got {self.kid_subset_size}"
+            )
+        if self.is_splits > self.num_samples:
+            raise ValueError(
+                f"config.eval.is_splits ({self.is_splits}) must not exceed config.eval.num_samples "
+                f"({self.num_samples})"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -81,8 +81,12 @@ def make_bpd_fn(exp: Experiment, model, mesh: Mesh) -> Callable:
     return jax.jit(bpd_fn, in_shardings=(rep, batch, rep), out_shardings=(batch, rep))
 
 
-def evaluate_step(exp: Experiment, workdir: str, step: int, params: Any, mesh: Mesh) -> dict:
-    """Evaluates one snapshot, resuming from ``<workdir>/eval/step_<step>.json``."""
+def evaluate_step(
+    exp: Experiment, workdir: str, step: int, params: Any, mesh: Mesh, sample_eval=None
+) -> dict:
+    """Evaluates one snapshot, resuming from ``<workdir>/eval/step_<step>.json``; with
+    ``config.eval.enable_sampling``, ``sample_eval`` (a :class:`sde_jax.metrics.programs.
+    SampleEvaluator`) adds FID, IS and KID."""
     from sde_jax import data as data_lib
     from sde_jax.train import global_batch, make_eval_step, make_loss
 
@@ -92,7 +96,7 @@ def evaluate_step(exp: Experiment, workdir: str, step: int, params: Any, mesh: M
     if os.path.exists(path):
         with open(path) as f:
             progress = json.load(f)
-        if progress.get("done"):
+        if progress.get("done") and (not cfg.enable_sampling or "sampling" in progress):
             return progress
     sde = exp.sde.build()
     model = exp.build_model()
@@ -148,6 +152,9 @@ def evaluate_step(exp: Experiment, workdir: str, step: int, params: Any, mesh: M
         ]
         progress["bpd_mean"] = float(np.mean(per_repeat))
         progress["bpd_per_repeat"] = per_repeat
+    if cfg.enable_sampling and "sampling" not in progress:
+        _atomic_json(path, progress)
+        progress["sampling"] = sample_eval(workdir, step, params)
     progress["done"] = True
     _atomic_json(path, progress)
     return progress
@@ -162,8 +169,10 @@ def run_eval_mode(exp: Experiment, workdir: str) -> dict:
     check_signature(workdir, exp.signature(), write=False)
     mesh = make_mesh()
     check_batch_size(exp.eval.batch_size, mesh.size, "eval.batch_size")
-    if not (exp.eval.enable_loss or exp.eval.enable_bpd):
-        raise ValueError("config.eval enables nothing: set enable_loss or enable_bpd")
+    if not (exp.eval.enable_loss or exp.eval.enable_bpd or exp.eval.enable_sampling):
+        raise ValueError(
+            "config.eval enables nothing: set enable_loss, enable_bpd or enable_sampling"
+        )
     ckpts = Checkpoints(workdir)
     steps = [
         s
@@ -178,17 +187,30 @@ def run_eval_mode(exp: Experiment, workdir: str) -> dict:
     os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
     model = exp.build_model()
     target = abstract_state(exp, model, mesh)
+    sample_eval = None
+    if exp.eval.enable_sampling:
+        from sde_jax.metrics.programs import SampleEvaluator
+
+        sample_eval = SampleEvaluator(exp, mesh)  # Fails here, before any work, on bad settings.
     writer = SummaryWriter(os.path.join(workdir, "eval"), enabled=jax.process_index() == 0)
     report = {}
     for step in steps:
         state, _ = ckpts.restore(target, step)
-        result = evaluate_step(exp, workdir, step, state.ema_params, mesh)
+        result = evaluate_step(exp, workdir, step, state.ema_params, mesh, sample_eval)
         entry = {}
         if "mean" in result.get("loss", {}):
             entry["test_loss"] = result["loss"]["mean"]
         if "bpd_mean" in result:
             entry["bpd"] = result["bpd_mean"]
             entry["bpd_per_repeat"] = result["bpd_per_repeat"]
+        if "sampling" in result:
+            quality = result["sampling"]
+            for k in ("fid", "inception_score", "inception_score_std", "kid", "kid_std"):
+                if k in quality:
+                    entry[k] = quality[k]
+            entry["num_samples"] = quality["num_samples"]
+            if quality["warnings"]:
+                entry["warnings"] = quality["warnings"]
         report[str(step)] = entry
         writer.scalars(step, {f"eval/{k}": v for k, v in entry.items() if not isinstance(v, list)})
         print(f"step {step}: " + ", ".join(f"{k} {v}" for k, v in entry.items()), flush=True)

@@ -163,13 +163,13 @@ class ConvBN(nn.Module):
         ph, pw = self.padding
         y = lax.conv_general_dilated(
             x,
-            kernel * inv,
+            kernel * inv.reshape(1, 1, 1, -1),
             (self.strides, self.strides),
             ((ph, ph), (pw, pw)),
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
             precision=self.precision,
         )
-        return nn.relu(y + (bias - mean * inv))
+        return nn.relu(y + (bias - mean * inv).reshape(1, 1, 1, -1))
 
 
 def _avg_pool_same(x: Array) -> Array:
@@ -354,7 +354,7 @@ class _Classifier(nn.Module):
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (2048, 1008))
         bias = self.param("bias", nn.initializers.zeros, (1008,))
         unbiased = jnp.dot(pool3, kernel, precision=self.precision)
-        return unbiased, unbiased + bias
+        return unbiased, unbiased + bias[None, :]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,289 @@
+"""``--mode=fid_stats`` and the sample-quality part of ``--mode=eval`` (FID, IS and KID).
+
+``--mode=fid_stats`` runs the FID Inception over every image of the data set's training split (no
+random flips) and writes the mean and covariance of pool_3, and the pool_3 features themselves (for
+KID), to ``config.eval.fid_stats`` (default: :func:`default_stats_path`).
+
+With ``config.eval.enable_sampling``, ``--mode=eval`` generates ``config.eval.num_samples`` samples
+per snapshot in rounds of ``config.sampling.batch_size`` over the device mesh. Each round is written
+to ``<workdir>/eval/step_<step>/samples_round_<r>.npz`` (uint8 ``images``, their ``pool_3`` and
+``logits_unbiased`` features) before the next starts, so a pre-empted evaluation resumes at the first
+missing round. The samples are quantized as the paper's evaluation does, :math:`\\lfloor 255 x
+\\rfloor` after clipping to ``[0, 1]``; the fraction of clipped values is reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh
+
+from sde_jax.metrics.inception import FeatureExtractor
+from sde_jax.metrics.scores import (
+    check_stats,
+    feature_stats,
+    frechet_distance,
+    inception_score,
+    kernel_inception_distance,
+    load_stats,
+    save_stats,
+    to_uint8,
+)
+from sde_jax.metrics.weights import InceptionWeights, cache_dir, load_inception
+
+# Below this many samples FID is strongly biased upwards; the paper uses 50,000.
+MIN_RELIABLE_SAMPLES = 10_000
+_SAMPLING_SALT = 5_000_011  # Separates the sampling keys from the loss and bits/dim keys of a step.
+
+
+def default_stats_path(exp) -> str:
+    """``<cache>/fid_stats/<dataset>_<size>px_train.npz``."""
+    if exp.data.dataset == "folder":
+        raise ValueError(
+            "config.eval.fid_stats must be set for data.dataset='folder': a default path cannot "
+            "tell image folders apart"
+        )
+    name = exp.data.dataset.replace("/", "_")
+    return os.path.join(cache_dir(), "fid_stats", f"{name}_{exp.data.image_size}px_train.npz")
+
+
+def stats_path(exp) -> str:
+    """``config.eval.fid_stats``, or :func:`default_stats_path`."""
+    return os.path.expanduser(exp.eval.fid_stats) if exp.eval.fid_stats else default_stats_path(exp)
+
+
+def _single_process(what: str) -> None:
+    if jax.process_count() > 1:
+        raise NotImplementedError(f"{what} runs in a single process (with any number of devices)")
+
+
+def _mesh() -> Mesh:
+    return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def _extractor(exp, weights: InceptionWeights, mesh: Mesh, layers) -> FeatureExtractor:
+    if exp.eval.inception_batch_size % mesh.size:
+        raise ValueError(
+            f"config.eval.inception_batch_size ({exp.eval.inception_batch_size}) must be divisible "
+            f"by the number of devices ({mesh.size})"
+        )
+    return FeatureExtractor(
+        weights.params, mesh=mesh, batch_size=exp.eval.inception_batch_size, layers=layers
+    )
+
+
+def run_fid_stats_mode(exp, path: str | None = None) -> str:
+    """``--mode=fid_stats``: pool_3 statistics of the training split, written to ``path`` (default
+    :func:`stats_path`); returns the path."""
+    from sde_jax import data as data_lib
+
+    _single_process("--mode=fid_stats")
+    path = path or stats_path(exp)
+    weights = load_inception(exp.eval.inception_weights)
+    extractor = _extractor(exp, weights, _mesh(), ("2048",))
+    data_cfg = dataclasses.replace(exp.data, random_flip=False)
+    batches = data_lib.make_dataset(
+        data_cfg,
+        "train",
+        shuffle=False,
+        repeat=False,
+        batch_size=exp.eval.inception_batch_size,
+        drop_remainder=False,
+        uniform_dequantization=False,
+    )
+    features = []
+    for batch in batches:
+        images = np.asarray(batch["image"], np.float32)
+        if "mask" in batch:
+            images = images[np.asarray(batch["mask"], bool)]
+        # The data are 8-bit images scaled by 1/255: rounding recovers them exactly.
+        features.append(extractor(np.round(images * 255.0).astype(np.uint8))["2048"])
+        print(f"fid_stats: {sum(len(f) for f in features)} images", flush=True)
+    stats = feature_stats(
+        np.concatenate(features),
+        feature_layer="2048",
+        image_size=(exp.data.image_size, exp.data.image_size),
+        weights=weights.fingerprint,
+        dataset=exp.data.dataset,
+        split="train",
+        weights_source=weights.source,
+    )
+    save_stats(path, stats)
+    print(f"wrote statistics of {stats.num_examples} images to {path}")
+    return path
+
+
+class SampleEvaluator:
+    """FID, IS and KID of a snapshot's samples against the data statistics.
+
+    Construction loads and checks everything that does not depend on the snapshot (statistics file,
+    Inception weights, their compatibility), so that a bad setting fails before any sampling.
+    """
+
+    def __init__(self, exp, mesh: Mesh):
+        _single_process("evaluation with config.eval.enable_sampling")
+        cfg = exp.eval
+        if exp.sampling.batch_size % mesh.size:
+            raise ValueError(
+                f"config.sampling.batch_size ({exp.sampling.batch_size}) must be divisible by the "
+                f"number of devices ({mesh.size})"
+            )
+        self.exp, self.mesh = exp, mesh
+        self.stats_file = stats_path(exp)
+        self.stats = load_stats(self.stats_file)
+        self.weights = load_inception(cfg.inception_weights)
+        if not self.weights.with_logits:
+            raise ValueError(
+                f"the Inception weights {self.weights.source} have no classifier, which the "
+                "Inception Score needs: use the full weights (weights-inception-2015-12-05-"
+                "6726825d.pth)"
+            )
+        size = exp.data.image_size
+        self.notes = check_stats(
+            self.stats,
+            feature_layer="2048",
+            image_size=(size, size),
+            weights=self.weights.fingerprint,
+            source=f"the statistics {self.stats_file}",
+        )
+        if cfg.kid_subsets and self.stats.features is None:
+            raise ValueError(
+                f"KID needs the data set's features, but {self.stats_file} holds only their mean "
+                "and covariance: recompute it with --mode=fid_stats, or set "
+                "config.eval.kid_subsets=0 to skip KID"
+            )
+        for note in self.notes:
+            logging.warning(note)
+        self.extractor = _extractor(exp, self.weights, mesh, ("2048", "logits_unbiased"))
+        self._sample_fn = None
+
+    def _signature(self) -> dict[str, Any]:
+        # What the saved rounds depend on: resuming with different settings must not mix samples.
+        return {
+            "sampling": dataclasses.asdict(self.exp.sampling),
+            "seed": self.exp.seed,
+            "inception_weights": self.weights.fingerprint,
+        }
+
+    def _make_sample_fn(self):
+        from sde_jax.generate import make_sample_fn
+
+        exp = self.exp
+        shape = (
+            exp.sampling.batch_size,
+            exp.data.image_size,
+            exp.data.image_size,
+            exp.data.num_channels,
+        )
+        return make_sample_fn(
+            exp.sampling,
+            exp.sde.build(),
+            exp.build_model(),
+            shape,
+            self.mesh,
+            continuous=exp.training.continuous,
+        )
+
+    def _round(self, params: Any, key: jax.Array, r: int, step: int) -> dict[str, np.ndarray]:
+        from sde_jax.data import inverse_scaler
+
+        if self._sample_fn is None:
+            self._sample_fn = self._make_sample_fn()
+        x, nfe = self._sample_fn(params, jax.random.fold_in(key, r))
+        x01 = np.asarray(jax.device_get(inverse_scaler(self.exp.data)(x)))
+        bad = int(x01.size - np.count_nonzero(np.isfinite(x01)))
+        if bad:
+            raise FloatingPointError(
+                f"step {step}, sampling round {r}: {bad} non-finite values in the samples"
+            )
+        clipped = float(np.mean((x01 < 0.0) | (x01 > 1.0)))
+        images = to_uint8(x01, clip=True)
+        features = self.extractor(images)
+        return {
+            "images": images,
+            "pool_3": features["2048"],
+            "logits_unbiased": features["logits_unbiased"],
+            "nfe": np.int64(nfe),
+            "clipped_fraction": np.float64(clipped),
+        }
+
+    def __call__(self, workdir: str, step: int, params: Any) -> dict[str, Any]:
+        """Samples (resuming from saved rounds) and scores snapshot ``step`` with ``params``."""
+        exp, cfg = self.exp, self.exp.eval
+        directory = os.path.join(workdir, "eval", f"step_{step}")
+        os.makedirs(directory, exist_ok=True)
+        signature_file = os.path.join(directory, "samples.json")
+        signature = json.loads(json.dumps(self._signature()))
+        if os.path.exists(signature_file):
+            with open(signature_file) as f:
+                saved = json.load(f)
+            if saved != signature:
+                raise ValueError(
+                    f"the sample rounds in {directory} were made with other settings ({saved}); "
+                    f"now: {signature}. Delete that directory to sample again"
+                )
+        else:
+            with open(signature_file, "w") as f:
+                json.dump(signature, f, indent=1)
+
+        batch = exp.sampling.batch_size
+        rounds = -(-cfg.num_samples // batch)
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(exp.seed), step), _SAMPLING_SALT)
+        records = []
+        for r in range(rounds):
+            path = os.path.join(directory, f"samples_round_{r}.npz")
+            if not os.path.exists(path):
+                record = self._round(params, key, r, step)
+                tmp = f"{path}.tmp.npz"
+                np.savez(tmp, **record)
+                os.replace(tmp, path)
+                print(f"step {step}: sampling round {r + 1}/{rounds} saved", flush=True)
+            with np.load(path) as f:
+                record = {k: f[k] for k in ("pool_3", "logits_unbiased", "nfe", "clipped_fraction")}
+            if record["pool_3"].shape != (batch, 2048):
+                raise ValueError(f"{path} holds {record['pool_3'].shape[0]} samples, not {batch}")
+            records.append(record)
+
+        n = cfg.num_samples
+        pool = np.concatenate([r["pool_3"] for r in records])[:n]
+        logits = np.concatenate([r["logits_unbiased"] for r in records])[:n]
+        generated = feature_stats(pool, feature_layer="2048", image_size=None, weights=None)
+        result: dict[str, Any] = {
+            "num_samples": n,
+            "nfe": int(records[-1]["nfe"]),
+            "clipped_fraction": float(np.mean([r["clipped_fraction"] for r in records])),
+            "fid_stats": self.stats_file,
+            "fid_stats_examples": self.stats.num_examples,
+            "fid": frechet_distance(generated.mu, generated.sigma, self.stats.mu, self.stats.sigma),
+        }
+        result["inception_score"], result["inception_score_std"] = inception_score(
+            logits, cfg.is_splits
+        )
+        warnings = list(self.notes)
+        if cfg.kid_subsets:
+            ref = self.stats.features
+            size = min(cfg.kid_subset_size, n, len(ref))
+            if size < cfg.kid_subset_size:
+                warnings.append(
+                    f"KID subsets of {size} (config.eval.kid_subset_size={cfg.kid_subset_size} "
+                    f"exceeds the {min(n, len(ref))} available)"
+                )
+            result["kid"], result["kid_std"] = kernel_inception_distance(
+                ref, pool, num_subsets=cfg.kid_subsets, subset_size=size, seed=step
+            )
+            result["kid_subset_size"] = size
+        if n < MIN_RELIABLE_SAMPLES:
+            warnings.append(
+                f"FID from {n} samples is biased upwards and not comparable with 50,000-sample "
+                f"values (the paper's); use at least {MIN_RELIABLE_SAMPLES}"
+            )
+        for w in warnings[len(self.notes) :]:
+            logging.warning("step %d: %s", step, w)
+        result["warnings"] = warnings
+        return result
