@@ -275,11 +275,12 @@ def _edm_sample(key, sde, n, eps, rho, s_churn, s_tmin, s_tmax, s_noise, *, scor
         if not churn:
             return y, s
         gamma = jnp.where((s >= s_tmin) & (s <= s_tmax), gamma_max, 0.0)
-        # s_0 can round a little above s(T), hence the outer maximum.
-        s_hat = jnp.maximum(jnp.minimum(s * (1.0 + gamma), grid.s_max), s)
+        # The cap s_hat <= s(T); s_0 can round a little above s(T), hence the maximum with 0.
+        gamma = jnp.minimum(gamma, jnp.maximum(grid.s_max / s - 1.0, 0.0))
         z = jax.random.normal(jax.random.fold_in(k_loop, i), y.shape, y.dtype)
-        # Clamped at 0: a fused multiply-add can round s_hat^2 - s^2 below 0 when gamma = 0.
-        return y + jnp.sqrt(jnp.maximum(s_hat**2 - s**2, 0.0)) * s_noise * z, s_hat
+        # sqrt(s_hat^2 - s^2) written without the cancellation, which at s ~ 100 and gamma = 0
+        # would leave rounding noise of order sqrt(float eps) * s.
+        return y + s * jnp.sqrt(gamma * (2.0 + gamma)) * s_noise * z, s * (1.0 + gamma)
 
     def heun_step(i, y):
         y, s = raise_noise(i, y, grid.level(i))
@@ -417,10 +418,11 @@ def _ddim_sample(key, sde, n, eps, rho, eta, *, score_fn, shape):
     def step(i, y):
         s, s_next = grid.level(i), grid.level(i + 1)
         d = denoiser(sde, score_fn, y, s)
-        c = eta * s_next * jnp.sqrt(1.0 - (s_next / s) ** 2)
+        kept = 1.0 - (s_next / s) ** 2
+        c = eta * s_next * jnp.sqrt(kept)
         z = jax.random.normal(jax.random.fold_in(k_loop, i), y.shape, y.dtype)
-        # s'^2 - c^2 >= 0 exactly, but not always after rounding.
-        return d + jnp.sqrt(jnp.maximum(s_next**2 - c**2, 0.0)) * (y - d) / s + c * z
+        # sqrt(s'^2 - c^2), written so that eta = 0 gives s' exactly.
+        return d + s_next * jnp.sqrt(1.0 - eta**2 * kept) * (y - d) / s + c * z
 
     y = jax.lax.fori_loop(0, n - 1, step, y)
     return denoiser(sde, score_fn, y, grid.s_min), n.astype(jnp.int32)
