@@ -276,6 +276,18 @@ def test_fid_matches_scipy_sqrtm_and_closed_forms():
         scores.frechet_distance(mu1, s1, mu1[:10], s1[:10, :10])
 
 
+def test_fid_from_fewer_features_than_dimensions_uses_the_small_problem_exactly():
+    ref = _random_features(8, 300, 96)
+    mu, sigma = ref.mean(0), np.cov(ref, rowvar=False)
+    for n in (5, 40, 96, 200):  # below, at and above D = 96
+        f = _random_features(9 + n, n, 96, shift=0.2)
+        s = np.cov(f, rowvar=False)
+        exact = np.sum((f.mean(0) - mu) ** 2) + np.trace(
+            s + sigma - 2 * np.real(scipy.linalg.sqrtm(s @ sigma))
+        )
+        assert scores.frechet_distance_to(f, mu, sigma) == pytest.approx(exact, rel=1e-7), n
+
+
 def _kid_loops(x, y):
     """The unbiased MMD^2 estimate with k(a, b) = (a.b / d + 1)^3, pair by pair."""
     m, d = x.shape

@@ -28,7 +28,7 @@ from sde_jax.metrics.inception import FeatureExtractor
 from sde_jax.metrics.scores import (
     check_stats,
     feature_stats,
-    frechet_distance,
+    frechet_distance_to,
     inception_score,
     kernel_inception_distance,
     load_stats,
@@ -253,14 +253,13 @@ class SampleEvaluator:
         n = cfg.num_samples
         pool = np.concatenate([r["pool_3"] for r in records])[:n]
         logits = np.concatenate([r["logits_unbiased"] for r in records])[:n]
-        generated = feature_stats(pool, feature_layer="2048", image_size=None, weights=None)
         result: dict[str, Any] = {
             "num_samples": n,
             "nfe": int(records[-1]["nfe"]),
             "clipped_fraction": float(np.mean([r["clipped_fraction"] for r in records])),
             "fid_stats": self.stats_file,
             "fid_stats_examples": self.stats.num_examples,
-            "fid": frechet_distance(generated.mu, generated.sigma, self.stats.mu, self.stats.sigma),
+            "fid": frechet_distance_to(pool, self.stats.mu, self.stats.sigma),
         }
         result["inception_score"], result["inception_score_std"] = inception_score(
             logits, cfg.is_splits

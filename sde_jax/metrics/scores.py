@@ -92,6 +92,37 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_sqrt)
 
 
+def frechet_distance_to(features: Any, mu: Any, sigma: Any) -> float:
+    r"""FID between the Gaussian fitted to ``features`` ``[N, D]`` and ``N(mu, sigma)``.
+
+    With fewer features than dimensions the fitted covariance :math:`A^\top A / (N - 1)` (``A``:
+    the centered features) has rank below ``D``, and the nonzero eigenvalues of
+    :math:`\Sigma_A \Sigma` are those of the ``N x N`` matrix :math:`A \Sigma A^\top / (N - 1)`:
+    the same FID as :func:`frechet_distance` at a fraction of the cost of two ``D x D``
+    eigendecompositions.
+    """
+    f = np.asarray(features, np.float64)
+    mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
+    n, d = f.shape
+    if n < 2 or mu.shape != (d,) or sigma.shape != (d, d):
+        raise ValueError(
+            f"FID needs features [N >= 2, D] and a reference of dimension D; got {f.shape}, "
+            f"{mu.shape}, {sigma.shape}"
+        )
+    if n > d:
+        return frechet_distance(f.mean(0), np.cov(f, rowvar=False), mu, sigma)
+    if not (np.all(np.isfinite(f)) and np.all(np.isfinite(mu)) and np.all(np.isfinite(sigma))):
+        raise ValueError("FID: non-finite features or reference statistics")
+    a = f - f.mean(0)
+    small = a @ sigma @ a.T / (n - 1)
+    eig = np.linalg.eigvalsh((small + small.T) / 2)
+    diff = f.mean(0) - mu
+    trace_a = np.sum(a * a) / (n - 1)
+    return float(
+        diff @ diff + trace_a + np.trace(sigma) - 2.0 * np.sum(np.sqrt(np.clip(eig, 0.0, None)))
+    )
+
+
 def kernel_inception_distance(
     features1: Any,
     features2: Any,
