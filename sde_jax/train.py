@@ -90,25 +90,58 @@ def make_mesh() -> Mesh:
 
 
 def make_loss(
-    sde: SDE, model: nn.Module, cfg: TrainConfig, *, train: bool = True, per_example: bool = False
+    sde: SDE,
+    model: nn.Module,
+    cfg: TrainConfig,
+    *,
+    train: bool = True,
+    per_example: bool = False,
+    num_classes: int | None = None,
 ):
-    """The DSM loss of ``cfg`` as ``loss_fn(params, key, batch)`` for a Flax network."""
+    """The DSM loss of ``cfg`` as ``loss_fn(params, key, batch)`` for a Flax network.
+
+    Without ``num_classes`` the batch is the images ``[B, H, W, C]`` (a class-conditional network
+    then sees its "no label" token). With ``num_classes`` it is ``(images, labels [B])`` and each
+    label is replaced by the "no label" token (``num_classes``) with probability
+    ``cfg.label_dropout``, which trains the conditional and the unconditional score of
+    classifier-free guidance in one network.
+    """
     score = make_score_fn(sde, model, continuous=cfg.continuous)
+    if num_classes is not None:
+        inner = make_loss(sde, model, cfg, train=train, per_example=per_example)
 
-    def score_fn(params, x, t, *, train, key):
-        return score({"params": params}, x, t, train=train, key=key)
+        def conditional_loss(params, key, batch):
+            images, labels = batch
+            k_drop, k_loss = jax.random.split(key)
+            drop = jax.random.bernoulli(k_drop, cfg.label_dropout, labels.shape)
+            labels = jnp.where(drop, num_classes, labels)
+            return inner(params, k_loss, images, class_labels=labels)
 
-    return make_loss_fn(
-        sde,
-        score_fn,
-        continuous=cfg.continuous,
-        reduce_mean=cfg.reduce_mean,
-        likelihood_weighting=cfg.likelihood_weighting,
-        importance_weighting=cfg.importance_weighting,
-        eps=cfg.eps,
-        train=train,
-        per_example=per_example,
-    )
+        return conditional_loss
+
+    def score_fn(params, x, t, *, train, key, class_labels=None):
+        return score({"params": params}, x, t, train=train, key=key, class_labels=class_labels)
+
+    def objective(class_labels):
+        return make_loss_fn(
+            sde,
+            functools.partial(score_fn, class_labels=class_labels),
+            continuous=cfg.continuous,
+            reduce_mean=cfg.reduce_mean,
+            likelihood_weighting=cfg.likelihood_weighting,
+            importance_weighting=cfg.importance_weighting,
+            eps=cfg.eps,
+            train=train,
+            per_example=per_example,
+        )
+
+    objective(None)  # Rejects invalid settings now rather than at the first step.
+
+    def loss_fn(params, key, batch, class_labels=None):
+        # Built per call (at trace time) around this batch's labels.
+        return objective(class_labels)(params, key, batch)
+
+    return loss_fn
 
 
 def make_train_step(
@@ -142,11 +175,12 @@ def make_train_step(
         return new, loss
 
     def steps(state, batches, key):
-        if batches.shape[0] == 1:
+        # `batches` is an array, or a tuple (images, labels), with a leading step axis.
+        if jax.tree.leaves(batches)[0].shape[0] == 1:
             # No loop at all for one step: XLA:CPU runs convolution gradients inside loop bodies
             # tens of times slower (measured 38x, jax 0.10.2; jax-ml/jax#12868), so CPU configs
             # use n_jitted_steps = 1, while accelerators fuse several steps per call.
-            state, loss = one_step(state, batches[0], key)
+            state, loss = one_step(state, jax.tree.map(lambda b: b[0], batches), key)
             return state, loss[None]
         return jax.lax.scan(lambda s, b: one_step(s, b, key), state, batches)
 
@@ -269,7 +303,15 @@ def train(exp, workdir: str) -> TrainState:
         )
         state = init(init_key)
 
-    loss_fn = make_loss(sde, model, cfg, train=True)
+    num_classes = exp.model.fields.get("num_classes")
+    if num_classes:
+        info = data_lib.dataset_info(exp.data)
+        if info.num_classes != num_classes:
+            raise ValueError(
+                f"config.model.num_classes ({num_classes}) must equal the number of classes of "
+                f"data set {exp.data.dataset!r} ({info.num_classes}; 0: it has no labels)"
+            )
+    loss_fn = make_loss(sde, model, cfg, train=True, num_classes=num_classes or None)
     train_step = make_train_step(loss_fn, optimizer, exp.model.ema_rate, mesh)
     eval_step = make_eval_step(make_loss(sde, model, cfg, train=False), mesh)
     shape = (
@@ -291,8 +333,12 @@ def train(exp, workdir: str) -> TrainState:
     n = cfg.n_jitted_steps
     try:
         while step < cfg.n_iters:
-            local = np.stack([scaler(next(train_iter)["image"]) for _ in range(n)])
+            examples = [next(train_iter) for _ in range(n)]
+            local = np.stack([scaler(e["image"]) for e in examples])
             batches = global_batch(local, mesh, PartitionSpec(None, "data"))
+            if num_classes:
+                labels = np.stack([e["label"] for e in examples]).astype(np.int32)
+                batches = (batches, global_batch(labels, mesh, PartitionSpec(None, "data")))
             state, losses = train_step(state, batches, train_key)
             step += n
             if step % cfg.log_freq == 0:
