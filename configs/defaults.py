@@ -63,8 +63,26 @@ def base_config() -> ml_collections.ConfigDict:
     sampling.ode_solver = "dopri5"
     sampling.rtol = 1e-5
     sampling.atol = 1e-5
+    # The few-step samplers (method edm_heun, edm_stochastic, dpm_solver_2m, ddim; ode with
+    # ode_controller="fixed"): steps on the EDM noise schedule with exponent rho.
+    sampling.ode_controller = "pid"
+    sampling.num_steps = 18
+    sampling.rho = 7.0
+    sampling.s_churn = 10.0
+    sampling.s_tmin = 0.0
+    sampling.s_tmax = float("inf")
+    sampling.s_noise = 1.0
+    sampling.eta = 0.0
     sampling.num_samples = 64
     sampling.batch_size = 64
+    sampling.task = "unconditional"  # or inpaint, colorize, class_conditional
+    sampling.input = ""
+    sampling.mask = "lower_half"
+    sampling.num_completions = 4
+    sampling.final_corrector_steps = 0
+    sampling.class_label = 0
+    sampling.guidance_scale = 1.0
+    sampling.classifier_workdir = ""
 
     config.eval = evaluate = ml_collections.ConfigDict()
     evaluate.begin_step = 0

@@ -194,12 +194,26 @@ class OptimConfig:
         _check_positive("optim", "weight_decay", self.weight_decay, allow_zero=True)
 
 
-SAMPLING_METHODS = ("pc", "ode")
+# The keys of sde_jax.sampling.METHODS (a test checks that they agree).
+SAMPLING_METHODS = ("pc", "ode", "edm_heun", "edm_stochastic", "dpm_solver_2m", "ddim")
+_FAST_METHODS = ("edm_heun", "edm_stochastic", "dpm_solver_2m", "ddim")
+
+
+SAMPLING_TASKS = ("unconditional", "inpaint", "colorize", "class_conditional")
 
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
-    """``config.sampling``: the sampler for snapshots and ``--mode=sample``."""
+    """``config.sampling``: the sampler for snapshots and ``--mode=sample``.
+
+    ``method`` picks a sampler of :func:`sde_jax.sampling.sample`: ``pc`` (``predictor``,
+    ``corrector``, ``snr``, ``n_steps_each``, ``probability_flow``), ``ode`` (``ode_solver`` with
+    ``ode_controller="pid"`` and ``rtol``/``atol``, or ``"fixed"`` and ``num_steps``/``rho``),
+    ``edm_heun`` (``num_steps``, ``rho``), ``edm_stochastic`` (also ``s_churn``, ``s_tmin``,
+    ``s_tmax``, ``s_noise``), ``dpm_solver_2m`` (``num_steps``, ``rho``) or ``ddim``
+    (``num_steps``, ``rho``, ``eta``). ``noise_removal`` applies to ``pc`` and ``ode``; the
+    few-step methods always end with the denoising step.
+    """
 
     method: str = "pc"
     predictor: str = "reverse_diffusion"
@@ -211,19 +225,65 @@ class SamplingConfig:
     ode_solver: str = "dopri5"
     rtol: float = 1e-5
     atol: float = 1e-5
+    ode_controller: str = "pid"
+    num_steps: int = 18
+    rho: float = 7.0
+    s_churn: float = 10.0
+    s_tmin: float = 0.0
+    s_tmax: float = float("inf")
+    s_noise: float = 1.0
+    eta: float = 0.0
     num_samples: int = 64
     batch_size: int = 64
+    # Controllable generation (--mode=sample, see sde_jax.conditional_sample): the task, its input
+    # images (PNG file or folder, .npz, or a data-set split name), the mask (PNG/.npy or a name),
+    # completions per input, Langevin steps at t = eps before the final denoising, the class and
+    # the guidance scale (classifier-free weight w, or classifier scale with classifier_workdir).
+    task: str = "unconditional"
+    input: str = ""
+    mask: str = "lower_half"
+    num_completions: int = 4
+    final_corrector_steps: int = 0
+    class_label: int = 0
+    guidance_scale: float = 1.0
+    classifier_workdir: str = ""
 
     def __post_init__(self):
-        from sde_jax.sampling import CORRECTORS, PREDICTORS, SOLVERS
+        from sde_jax.sampling import CORRECTORS, ODE_CONTROLLERS, PREDICTORS, SOLVERS
+
+        _check_choice("sampling", "task", self.task, SAMPLING_TASKS)
+        _check_positive("sampling", "num_completions", self.num_completions)
+        _check_positive("sampling", "final_corrector_steps", self.final_corrector_steps, True)
+        _check_positive("sampling", "guidance_scale", self.guidance_scale, allow_zero=True)
+        if self.class_label < 0:
+            raise ValueError(f"config.sampling.class_label must be >= 0; got {self.class_label}")
 
         _check_choice("sampling", "method", self.method, SAMPLING_METHODS)
         _check_choice("sampling", "predictor", self.predictor, PREDICTORS)
         _check_choice("sampling", "corrector", self.corrector, CORRECTORS)
         _check_choice("sampling", "ode_solver", self.ode_solver, SOLVERS)
+        _check_choice("sampling", "ode_controller", self.ode_controller, ODE_CONTROLLERS)
         _check_positive("sampling", "num_samples", self.num_samples)
         _check_positive("sampling", "batch_size", self.batch_size)
         _check_positive("sampling", "n_steps_each", self.n_steps_each)
+        if not isinstance(self.num_steps, int) or self.num_steps < 2:
+            raise ValueError(
+                f"config.sampling.num_steps must be an int >= 2; got {self.num_steps!r}"
+            )
+        _check_positive("sampling", "rho", self.rho)
+        for f in ("s_churn", "s_tmin", "s_noise"):
+            _check_positive("sampling", f, getattr(self, f), allow_zero=True)
+        if not self.s_tmax >= self.s_tmin:
+            raise ValueError(
+                f"config.sampling.s_tmax ({self.s_tmax}) must be >= s_tmin ({self.s_tmin})"
+            )
+        if not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"config.sampling.eta must lie in [0, 1]; got {self.eta!r}")
+        if self.method in _FAST_METHODS and not self.noise_removal:
+            raise ValueError(
+                f"config.sampling.noise_removal=False applies to 'pc' and 'ode' only; method "
+                f"{self.method!r} always ends with its denoising step"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,11 +18,41 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sde_jax.config import Experiment, SamplingConfig
 from sde_jax.models import make_score_fn
-from sde_jax.sampling import ode_sample, pc_sample
+from sde_jax.sampling import sample
 from sde_jax.sde import SDE
 from sde_jax.summary import image_grid, write_png
 
 Array = jax.Array
+
+
+def sampler_options(cfg: SamplingConfig) -> dict[str, Any]:
+    """The options of ``sde_jax.sampling.sample`` for ``cfg.method``: only the fields that method
+    reads (the others keep their defaults and are not passed)."""
+    method = cfg.method
+    if method == "pc":
+        return dict(
+            predictor=cfg.predictor,
+            corrector=cfg.corrector,
+            snr=cfg.snr,
+            n_steps=cfg.n_steps_each,
+            denoise=cfg.noise_removal,
+            probability_flow=cfg.probability_flow,
+        )
+    if method == "ode":
+        options = dict(solver=cfg.ode_solver, controller=cfg.ode_controller)
+        if cfg.ode_controller == "pid":
+            options.update(rtol=cfg.rtol, atol=cfg.atol)
+        else:
+            options.update(num_steps=cfg.num_steps, rho=cfg.rho)
+        return dict(options, denoise=cfg.noise_removal)
+    options = dict(num_steps=cfg.num_steps, rho=cfg.rho)
+    if method == "edm_stochastic":
+        options.update(
+            s_churn=cfg.s_churn, s_tmin=cfg.s_tmin, s_tmax=cfg.s_tmax, s_noise=cfg.s_noise
+        )
+    elif method == "ddim":
+        options.update(eta=cfg.eta)
+    return options
 
 
 def make_sample_fn(
@@ -35,34 +65,14 @@ def make_sample_fn(
     continuous: bool = True,
 ) -> Callable[[Any, Array], tuple[Array, Array]]:
     """The jitted ``sample_fn(params, key) -> (samples [B, H, W, C], nfe)`` of the configured
-    sampler, in the model's data scaling, with the batch split over ``mesh``."""
+    sampler (:func:`sde_jax.sampling.sample` with ``cfg.method`` and :func:`sampler_options`), in
+    the model's data scaling, with the batch split over ``mesh``."""
     score = make_score_fn(sde, model, continuous=continuous)
+    options = sampler_options(cfg)
 
     def run(params, key):
         score_fn = lambda x, t: score({"params": params}, x, t)
-        if cfg.method == "ode":
-            return ode_sample(
-                key,
-                score_fn,
-                sde,
-                shape,
-                solver=cfg.ode_solver,
-                rtol=cfg.rtol,
-                atol=cfg.atol,
-                denoise=cfg.noise_removal,
-            )
-        return pc_sample(
-            key,
-            score_fn,
-            sde,
-            shape,
-            predictor=cfg.predictor,
-            corrector=cfg.corrector,
-            snr=cfg.snr,
-            n_steps=cfg.n_steps_each,
-            denoise=cfg.noise_removal,
-            probability_flow=cfg.probability_flow,
-        )
+        return sample(key, score_fn, sde, shape, method=cfg.method, **options)
 
     replicated = NamedSharding(mesh, PartitionSpec())
     return jax.jit(
@@ -116,6 +126,10 @@ def run_sample_mode(exp: Experiment, workdir: str, *, step: int | None = None) -
     from sde_jax.data import inverse_scaler as make_inverse_scaler
     from sde_jax.train import abstract_state, make_mesh
 
+    if exp.sampling.task != "unconditional":
+        from sde_jax.conditional_sample import run_task
+
+        return run_task(exp, workdir, step=step)
     check_signature(workdir, exp.signature(), write=False)
     mesh = make_mesh()
     if exp.sampling.batch_size % mesh.size:

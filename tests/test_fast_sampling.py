@@ -276,3 +276,99 @@ def test_method_options_name_each_methods_keywords():
     assert set(METHODS) == {"pc", "ode", "edm_heun", "edm_stochastic", "dpm_solver_2m", "ddim"}
     assert "eta" in method_options("ddim") and "s_churn" in method_options("edm_stochastic")
     assert {"controller", "num_steps", "rtol"} <= set(method_options("ode"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The program's config: config.sampling selects any method of `sample`.
+
+
+def _tiny_config(tmp_path, **sampling):
+    from configs.tiny import get_config
+
+    config = get_config()
+    config.data.data_dir = str(tmp_path / "tfds")
+    for field, value in sampling.items():
+        config.sampling[field] = value
+    return config
+
+
+def test_config_methods_are_the_samplers_methods():
+    from sde_jax.config import SAMPLING_METHODS
+
+    assert set(SAMPLING_METHODS) == set(METHODS)
+
+
+@pytest.mark.parametrize(
+    "sampling, match",
+    [
+        (dict(method="dpm_solver"), r"config.sampling.method must be one of \[.*'dpm_solver_2m'"),
+        (dict(method="ddim", num_steps=1), "config.sampling.num_steps must be an int >= 2"),
+        (dict(method="ddim", eta=-0.5), r"config.sampling.eta must lie in \[0, 1\]"),
+        (dict(rho=0.0), "config.sampling.rho must be > 0"),
+        (dict(s_churn=-1.0), "config.sampling.s_churn must be >= 0"),
+        (dict(s_tmin=5.0, s_tmax=1.0), "config.sampling.s_tmax"),
+        (dict(ode_controller="constant"), r"config.sampling.ode_controller must be one of"),
+        (dict(method="edm_heun", noise_removal=False), "noise_removal=False applies to 'pc'"),
+        (dict(num_step=20), r"unknown field\(s\) \['num_step'\] in config.sampling"),
+    ],
+)
+def test_bad_sampling_config_is_a_clear_error(tmp_path, sampling, match):
+    from sde_jax.config import Experiment
+
+    config = _tiny_config(tmp_path)
+    config.sampling.unlock()  # Lets the misspelled field in, as a wrong --config flag would try.
+    for field, value in sampling.items():
+        config.sampling[field] = value
+    with pytest.raises(ValueError, match=match):
+        Experiment.from_config(config)
+
+
+def test_sampler_options_pass_only_the_methods_fields(tmp_path):
+    from sde_jax.config import Experiment
+    from sde_jax.generate import sampler_options
+
+    def options(**sampling):
+        return sampler_options(Experiment.from_config(_tiny_config(tmp_path, **sampling)).sampling)
+
+    assert options(method="pc", predictor="reverse_diffusion", corrector="langevin") == dict(
+        predictor="reverse_diffusion",
+        corrector="langevin",
+        snr=0.16,
+        n_steps=1,
+        denoise=True,
+        probability_flow=False,
+    )
+    assert options(method="ode") == dict(
+        solver="dopri5", controller="pid", rtol=1e-5, atol=1e-5, denoise=True
+    )
+    assert options(method="ode", ode_controller="fixed", num_steps=12) == dict(
+        solver="dopri5", controller="fixed", num_steps=12, rho=7.0, denoise=True
+    )
+    assert options(method="ddim", eta=0.5, num_steps=9) == dict(num_steps=9, rho=7.0, eta=0.5)
+    assert options(method="dpm_solver_2m") == dict(num_steps=18, rho=7.0)
+    assert set(options(method="edm_stochastic")) == {
+        "num_steps",
+        "rho",
+        "s_churn",
+        "s_tmin",
+        "s_tmax",
+        "s_noise",
+    }
+    for method in METHODS:
+        assert set(options(method=method)) <= set(method_options(method))
+
+
+def test_sample_mode_runs_a_fast_method(tmp_path):
+    """--mode=sample with config.sampling.method=dpm_solver_2m: NFE = num_steps."""
+    from sde_jax.config import Experiment
+    from sde_jax.convert import save_as_run
+    from sde_jax.generate import run_sample_mode
+    from sde_jax.train import init_state, make_optimizer
+
+    config = _tiny_config(tmp_path, method="dpm_solver_2m", num_steps=3, num_samples=4)
+    exp = Experiment.from_config(config)
+    state = init_state(jax.random.key(0), exp.build_model(), make_optimizer(exp.optim), (8, 8, 1))
+    save_as_run(tmp_path / "run", config, state.params, state.params, step=1)
+    out = run_sample_mode(exp, str(tmp_path / "run"))
+    saved = np.load(f"{out}/samples.npz")
+    assert saved["images"].shape == (4, 8, 8, 1) and int(saved["nfe"]) == 3
