@@ -11,6 +11,7 @@ import shutil
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
@@ -558,7 +559,13 @@ def test_sampling_eval_refuses_mismatched_statistics_before_sampling(
     )
     with pytest.raises(ValueError, match="kid_subsets=0"):
         programs.SampleEvaluator(_tiny_exp(tfds, wfile, nostats), make_mesh())
-    assert programs.SampleEvaluator(_tiny_exp(tfds, wfile, nostats, kid_subsets=0), make_mesh())
+    evaluator = programs.SampleEvaluator(
+        _tiny_exp(tfds, wfile, nostats, kid_subsets=0), make_mesh()
+    )
+    # Samples with NaN are an error, not a number.
+    evaluator._sample_fn = lambda params, key: (jnp.full((4, 8, 8, 1), jnp.nan), 1)
+    with pytest.raises(FloatingPointError, match="round 0: 256 non-finite"):
+        evaluator(str(tmp_path / "run"), 3, None)
     with pytest.raises(FileNotFoundError, match="--mode=fid_stats"):
         programs.SampleEvaluator(_tiny_exp(tfds, wfile, str(tmp_path / "none.npz")), make_mesh())
     with pytest.raises(weights.WeightsUnavailableError, match="weights-inception"):

@@ -39,6 +39,9 @@ from sde_jax.metrics.weights import InceptionWeights, cache_dir, load_inception
 
 # Below this many samples FID is strongly biased upwards; the paper uses 50,000.
 MIN_RELIABLE_SAMPLES = 10_000
+# Trained models put a small fraction of pixel values slightly outside [0, 1]; many more suggest
+# samples on the wrong scale, and the report says so.
+MAX_CLIPPED_FRACTION = 0.01
 _SAMPLING_SALT = 5_000_011  # Separates the sampling keys from the loss and bits/dim keys of a step.
 
 
@@ -281,6 +284,11 @@ class SampleEvaluator:
             warnings.append(
                 f"FID from {n} samples is biased upwards and not comparable with 50,000-sample "
                 f"values (the paper's); use at least {MIN_RELIABLE_SAMPLES}"
+            )
+        if result["clipped_fraction"] > MAX_CLIPPED_FRACTION:
+            warnings.append(
+                f"{result['clipped_fraction']:.1%} of the sample values were outside [0, 1] and "
+                "clipped: check config.data.centered and the model"
             )
         for w in warnings[len(self.notes) :]:
             logging.warning("step %d: %s", step, w)
