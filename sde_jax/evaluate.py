@@ -6,7 +6,9 @@ the EMA weights,
 - the denoising score-matching loss of the training objective over the whole test split;
 - bits/dim of the test split (or its first ``bpd_max_examples`` images) under the probability-flow
   ODE, averaged over ``num_repeats`` passes, each with fresh uniform dequantization
-  :math:`u = (255x + U[0, 1)) / 256` and fresh trace probes.
+  :math:`u = (255x + U[0, 1)) / 256` and fresh trace probes;
+- with ``enable_sampling``, FID, Inception Score and KID of ``num_samples`` samples, generated in
+  rounds that are saved as they finish (:mod:`sde_jax.metrics.programs`).
 
 Progress is written after every batch to ``<workdir>/eval/step_<step>.json``, so a killed evaluation
 continues from the batch it stopped at; finished steps are skipped. The results of all steps are
