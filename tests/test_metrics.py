@@ -453,6 +453,9 @@ def test_fid_stats_mode_reads_the_train_split_without_flips(tmp_path, monkeypatc
         return iter([{"image": padded[i : i + 4], "mask": mask[i : i + 4]} for i in (0, 4)])
 
     monkeypatch.setattr(data_lib, "make_dataset", fake_dataset)
+    monkeypatch.setattr(
+        data_lib, "dataset_info", lambda cfg: data_lib.DatasetInfo({"train": 7}, None, 0)
+    )
     path = programs.run_fid_stats_mode(exp)
     assert seen["split"] == "train" and seen["flip"] is False and seen["repeat"] is False
     s = scores.load_stats(path)

@@ -100,14 +100,18 @@ def run_fid_stats_mode(exp, path: str | None = None) -> str:
         drop_remainder=False,
         uniform_dequantization=False,
     )
-    features = []
+    from sde_jax.summary import Progress
+
+    progress = Progress(data_lib.dataset_info(data_cfg).num_examples["train"])
+    features, count = [], 0
     for batch in batches:
         images = np.asarray(batch["image"], np.float32)
         if "mask" in batch:
             images = images[np.asarray(batch["mask"], bool)]
         # The data are 8-bit images scaled by 1/255: rounding recovers them exactly.
         features.append(extractor(np.round(images * 255.0).astype(np.uint8))["2048"])
-        print(f"fid_stats: {sum(len(f) for f in features)} images", flush=True)
+        count += len(images)
+        progress.update(count, "images through the Inception network")
     stats = feature_stats(
         np.concatenate(features),
         feature_layer="2048",
@@ -238,6 +242,9 @@ class SampleEvaluator:
         batch = exp.sampling.batch_size
         rounds = -(-cfg.num_samples // batch)
         key = jax.random.fold_in(jax.random.fold_in(jax.random.key(exp.seed), step), _SAMPLING_SALT)
+        from sde_jax.summary import Progress
+
+        progress = Progress(rounds)
         records = []
         for r in range(rounds):
             path = os.path.join(directory, f"samples_round_{r}.npz")
@@ -246,7 +253,7 @@ class SampleEvaluator:
                 tmp = f"{path}.tmp.npz"
                 np.savez(tmp, **record)
                 os.replace(tmp, path)
-                print(f"step {step}: sampling round {r + 1}/{rounds} saved", flush=True)
+                progress.update(r + 1, f"sampling rounds of snapshot {step}")
             with np.load(path) as f:
                 record = {k: f[k] for k in ("pool_3", "logits_unbiased", "nfe", "clipped_fraction")}
             if record["pool_3"].shape != (batch, 2048):
