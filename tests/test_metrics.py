@@ -287,6 +287,9 @@ def test_fid_from_fewer_features_than_dimensions_uses_the_small_problem_exactly(
             s + sigma - 2 * np.real(scipy.linalg.sqrtm(s @ sigma))
         )
         assert scores.frechet_distance_to(f, mu, sigma) == pytest.approx(exact, rel=1e-7), n
+        # A set against its own statistics: 0 up to round-off.
+        itself = scores.frechet_distance_to(f, f.mean(0), s)
+        assert abs(itself) < 1e-9 * np.trace(s), n
 
 
 def _kid_loops(x, y):

@@ -68,6 +68,18 @@ def to_uint8(images01: Any, *, clip: bool = False) -> np.ndarray:
 # The three scores.
 
 
+def _trace_sqrt(m: np.ndarray) -> float:
+    """Sum of the square roots of the eigenvalues of the symmetric PSD matrix ``m``.
+
+    Eigenvalues below ``size * eps * max`` are round-off of zeros (rank-deficient covariances):
+    their square roots, ~sqrt(eps) * max, would otherwise bias the sum; a true eigenvalue that small
+    contributes no more than that error.
+    """
+    eig = np.linalg.eigvalsh((m + m.T) / 2)
+    floor = m.shape[0] * np.finfo(np.float64).eps * max(float(eig.max()), 0.0)
+    return float(np.sum(np.sqrt(np.where(eig > floor, eig, 0.0))))
+
+
 def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
     """FID between Gaussians ``N(mu1, sigma1)`` and ``N(mu2, sigma2)`` (``[D]``, ``[D, D]``), in
     float64."""
@@ -84,10 +96,7 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
             raise ValueError(f"FID: {name} has non-finite values")
     w, v = np.linalg.eigh((sigma1 + sigma1.T) / 2)
     root1 = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
-    inner = root1 @ sigma2 @ root1
-    eig = np.linalg.eigvalsh((inner + inner.T) / 2)
-    # Eigenvalues of a PSD product are >= 0; round-off can leave tiny negative ones.
-    tr_sqrt = np.sum(np.sqrt(np.clip(eig, 0.0, None)))
+    tr_sqrt = _trace_sqrt(root1 @ sigma2 @ root1)
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_sqrt)
 
@@ -114,12 +123,10 @@ def frechet_distance_to(features: Any, mu: Any, sigma: Any) -> float:
     if not (np.all(np.isfinite(f)) and np.all(np.isfinite(mu)) and np.all(np.isfinite(sigma))):
         raise ValueError("FID: non-finite features or reference statistics")
     a = f - f.mean(0)
-    small = a @ sigma @ a.T / (n - 1)
-    eig = np.linalg.eigvalsh((small + small.T) / 2)
     diff = f.mean(0) - mu
     trace_a = np.sum(a * a) / (n - 1)
     return float(
-        diff @ diff + trace_a + np.trace(sigma) - 2.0 * np.sum(np.sqrt(np.clip(eig, 0.0, None)))
+        diff @ diff + trace_a + np.trace(sigma) - 2.0 * _trace_sqrt(a @ sigma @ a.T / (n - 1))
     )
 
 
