@@ -1,4 +1,4 @@
-"""``--mode=fid_stats`` and the sample-quality part of ``--mode=eval`` (FID, IS and KID).
+r"""``--mode=fid_stats`` and the sample-quality part of ``--mode=eval`` (FID, IS and KID).
 
 ``--mode=fid_stats`` runs the FID Inception over every image of the data set's training split (no
 random flips) and writes the mean and covariance of pool_3, and the pool_3 features themselves (for
@@ -8,8 +8,8 @@ With ``config.eval.enable_sampling``, ``--mode=eval`` generates ``config.eval.nu
 per snapshot in rounds of ``config.sampling.batch_size`` over the device mesh. Each round is written
 to ``<workdir>/eval/step_<step>/samples_round_<r>.npz`` (uint8 ``images``, their ``pool_3`` and
 ``logits_unbiased`` features) before the next starts, so a pre-empted evaluation resumes at the first
-missing round. The samples are quantized as the paper's evaluation does, :math:`\\lfloor 255 x
-\\rfloor` after clipping to ``[0, 1]``; the fraction of clipped values is reported.
+missing round. The samples are quantized as the paper's evaluation does, :math:`\lfloor 255 x
+\rfloor` after clipping to ``[0, 1]``; the fraction of clipped values is reported.
 """
 
 from __future__ import annotations
