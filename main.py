@@ -16,7 +16,9 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_
 flags.DEFINE_string(
     "workdir", None, "Run directory: checkpoints, logs, samples, reports (not used by fid_stats)."
 )
-flags.DEFINE_enum("mode", None, ["train", "sample", "eval", "fid_stats"], "What to do.")
+flags.DEFINE_enum(
+    "mode", None, ["train", "sample", "eval", "fid_stats", "train_classifier"], "What to do."
+)
 flags.DEFINE_integer("step", None, "Checkpoint step for --mode=sample (default: the newest).")
 flags.mark_flags_as_required(["config", "mode"])
 
@@ -35,6 +37,11 @@ def main(argv):
 
     if jax.process_count() == 1 and _multi_process_env():
         jax.distributed.initialize()
+    if FLAGS.mode == "train_classifier":
+        from sde_jax.train_classifier import train_classifier
+
+        train_classifier(FLAGS.config, FLAGS.workdir)
+        return
     exp = Experiment.from_config(FLAGS.config)
     if FLAGS.mode == "train":
         from sde_jax.train import train

@@ -151,8 +151,15 @@ class TrainConfig:
     importance_weighting: bool = False
     n_jitted_steps: int = 1
     eps: float = 1e-5
+    # Class-conditional models (``config.model.num_classes``) train on the data set's labels, each
+    # replaced by the "no label" token with this probability (for classifier-free guidance).
+    label_dropout: float = 0.0
 
     def __post_init__(self):
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ValueError(
+                f"config.training.label_dropout must be in [0, 1); got {self.label_dropout!r}"
+            )
         for f in ("batch_size", "n_iters", "snapshot_freq", "log_freq", "eval_freq"):
             _check_positive("training", f, getattr(self, f))
         _check_positive(
@@ -380,6 +387,11 @@ class Experiment:
         )
         if not exp.training.continuous and exp.sde.name == "subvpsde":
             raise ValueError("config.training.continuous=False is not defined for subvpsde")
+        if exp.training.label_dropout > 0 and not exp.model.fields.get("num_classes"):
+            raise ValueError(
+                "config.training.label_dropout > 0 (classifier-free guidance) needs a "
+                "class-conditional model: set config.model.num_classes to the data set's classes"
+            )
         if exp.sampling.predictor == "ancestral_sampling" and exp.sde.name == "subvpsde":
             raise ValueError(
                 "config.sampling.predictor='ancestral_sampling' is defined for vesde and vpsde only"

@@ -1,0 +1,319 @@
+"""``--mode=sample`` for controllable generation: ``config.sampling.task`` in ``inpaint``,
+``colorize``, ``class_conditional`` (``unconditional`` is :func:`sde_jax.generate.run_sample_mode`).
+
+Inputs (``config.sampling``):
+
+- ``input``: the user's images: a PNG file, a folder of PNG files (sorted by name), an ``.npz``
+  with ``images`` ``[N, H, W, C]`` (uint8, or floats in [0, 1]), or ``train``/``eval`` for that split
+  of the configured data set. The first ``num_samples`` images are used.
+- ``mask`` (inpainting): ``lower_half``, ``upper_half``, ``left_half``, ``right_half``, ``center``
+  (the named region is generated), or a PNG/``.npy`` file of the image's height and width (and
+  optionally its channels) with 1/255 = observed and 0 = generate.
+- ``num_completions`` completions per input; ``final_corrector_steps`` (see
+  :func:`sde_jax.controllable.pc_masked_sample`).
+- ``class_label``, ``guidance_scale`` (class-conditional): a class-conditional model
+  (``model.num_classes``) is sampled with classifier-free guidance of weight ``guidance_scale``;
+  an unconditional one with the noise-conditional classifier trained in ``classifier_workdir``
+  (``--mode=train_classifier``) at scale ``guidance_scale``.
+
+Outputs go to ``<workdir>/samples/step_<step>/<task>/``: ``grid.png`` (inpainting and
+colorization: a row of inputs, a row of masked or gray inputs, then one row per completion) and
+``samples.npz`` (uint8 ``images``, ``inputs`` and ``mask`` or ``labels``, and the ``nfe``).
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sde_jax import controllable
+from sde_jax.config import Experiment
+from sde_jax.summary import image_grid, write_png
+
+MASKS = ("lower_half", "upper_half", "left_half", "right_half", "center")
+SPLITS = ("train", "eval")
+
+
+def named_mask(name: str, height: int, width: int) -> np.ndarray:
+    """``[H, W, 1]`` binary mask, 1 = observed, with the named region 0 (to generate)."""
+    mask = np.ones((height, width, 1), np.float32)
+    if name == "lower_half":
+        mask[height // 2 :] = 0
+    elif name == "upper_half":
+        mask[: height // 2] = 0
+    elif name == "left_half":
+        mask[:, : width // 2] = 0
+    elif name == "right_half":
+        mask[:, width // 2 :] = 0
+    elif name == "center":
+        mask[height // 4 : height - height // 4, width // 4 : width - width // 4] = 0
+    else:
+        raise ValueError(
+            f"config.sampling.mask must be one of {list(MASKS)} or a .png/.npy file; got {name!r}"
+        )
+    return mask
+
+
+def _read_png(path: str) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode not in ("L", "RGB", "RGBA", "P", "LA", "I;16"):
+            raise ValueError(f"{path!r}: unsupported PNG mode {im.mode!r}")
+        im = im.convert("L" if im.mode in ("L", "LA", "I;16") else "RGB")
+        array = np.asarray(im)
+    return array[..., None] if array.ndim == 2 else array
+
+
+def load_mask(spec: str, image_shape: tuple[int, int, int]) -> np.ndarray:
+    """The inpainting mask ``[H, W, 1]`` or ``[H, W, C]`` (1 = observed) named or read by ``spec``."""
+    h, w, c = image_shape
+    if not spec.endswith((".png", ".npy")):
+        return named_mask(spec, h, w)
+    if not os.path.exists(spec):
+        raise FileNotFoundError(f"config.sampling.mask: no such file {spec!r}")
+    m = _read_png(spec) if spec.endswith(".png") else np.load(spec)
+    if m.ndim == 2:
+        m = m[..., None]
+    if m.ndim != 3 or m.shape[:2] != (h, w) or m.shape[2] not in (1, c):
+        raise ValueError(
+            f"config.sampling.mask {spec!r} must be an image of shape ({h}, {w}), ({h}, {w}, 1) "
+            f"or ({h}, {w}, {c}) for this model; got {m.shape}"
+        )
+    top = 255 if spec.endswith(".png") else 1
+    values = np.unique(m)
+    if not np.all(np.isin(values, (0, top))):
+        raise ValueError(
+            f"config.sampling.mask {spec!r} must be binary ({top} = observed, 0 = generate); "
+            f"found values {values[:8].tolist()}"
+        )
+    return (m == top).astype(np.float32)
+
+
+def load_images(exp: Experiment, spec: str, max_images: int) -> np.ndarray:
+    """Up to ``max_images`` images in [0, 1], ``[N, H, W, C_in]``, from ``spec`` (see the module
+    docstring). ``C_in`` is the file's channel count (checked against the model by the caller)."""
+    if not spec:
+        raise ValueError(
+            f"config.sampling.input is required for task {exp.sampling.task!r}: a PNG file or "
+            f"folder, an .npz with `images`, or a data-set split {list(SPLITS)}"
+        )
+    if spec in SPLITS:
+        from sde_jax.data import make_dataset
+
+        it = make_dataset(
+            exp.data, spec, shuffle=False, repeat=False, batch_size=max_images, drop_remainder=False
+        )
+        images = np.asarray(next(iter(it))["image"], np.float32)
+        it.close()
+        return images[:max_images]
+    if os.path.isdir(spec):
+        files = sorted(glob.glob(os.path.join(spec, "*.png")))
+        if not files:
+            raise FileNotFoundError(f"config.sampling.input: no .png files in folder {spec!r}")
+        arrays = [_read_png(f) for f in files[:max_images]]
+        if len({a.shape for a in arrays}) > 1:
+            raise ValueError(f"config.sampling.input: the PNGs in {spec!r} differ in shape")
+        return np.stack(arrays).astype(np.float32) / 255.0
+    if not os.path.exists(spec):
+        raise FileNotFoundError(f"config.sampling.input: no such file or folder {spec!r}")
+    if spec.endswith(".png"):
+        return _read_png(spec)[None].astype(np.float32) / 255.0
+    if spec.endswith(".npz"):
+        with np.load(spec) as f:
+            if "images" not in f:
+                raise ValueError(f"config.sampling.input {spec!r} has no `images` array")
+            images = np.asarray(f["images"])
+        if images.ndim == 3:
+            images = images[..., None]
+        if images.ndim != 4:
+            raise ValueError(f"`images` in {spec!r} must be [N, H, W, C]; got {images.shape}")
+        if images.dtype == np.uint8:
+            return images[:max_images].astype(np.float32) / 255.0
+        images = images[:max_images].astype(np.float32)
+        if images.min() < 0 or images.max() > 1:
+            raise ValueError(f"float `images` in {spec!r} must lie in [0, 1]")
+        return images
+    raise ValueError(
+        f"config.sampling.input must be a .png file, a folder of PNGs, an .npz file or one of "
+        f"{list(SPLITS)}; got {spec!r}"
+    )
+
+
+def _check_input_shape(images: np.ndarray, image_shape, task: str) -> None:
+    h, w, c = image_shape
+    want = 1 if task == "colorize" else c
+    ok = images.shape[1:3] == (h, w) and images.shape[3] in ((1, c) if task == "colorize" else (c,))
+    if not ok:
+        raise ValueError(
+            f"config.sampling.input images have shape {images.shape[1:]}; this model needs "
+            f"({h}, {w}, {want})" + (f" or ({h}, {w}, {c})" if task == "colorize" else "")
+        )
+
+
+def _restore(exp: Experiment, workdir: str, step: int | None):
+    from sde_jax.checkpoint import Checkpoints, check_signature
+    from sde_jax.train import abstract_state, make_mesh
+
+    check_signature(workdir, exp.signature(), write=False)
+    model = exp.build_model()
+    ckpts = Checkpoints(workdir)
+    if ckpts.latest_step() is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir!r}: train first (--mode=train)")
+    state, extra = ckpts.restore(abstract_state(exp, model, make_mesh()), step)
+    ckpts.close()
+    return model, state.ema_params, int(extra["step"])
+
+
+def _enlarge(images: np.ndarray) -> np.ndarray:
+    scale = max(1, -(-32 // images.shape[1]))
+    return images.repeat(scale, axis=1).repeat(scale, axis=2)
+
+
+def _to_uint8(images) -> np.ndarray:
+    return np.clip(np.round(np.asarray(images) * 255.0), 0, 255).astype(np.uint8)
+
+
+def _pc_kwargs(exp: Experiment) -> dict:
+    cfg = exp.sampling
+    if cfg.method != "pc":
+        raise ValueError(
+            f"config.sampling.task={cfg.task!r} runs the PC sampler: set "
+            f"config.sampling.method='pc' (got {cfg.method!r})"
+        )
+    return dict(
+        predictor=cfg.predictor,
+        corrector=cfg.corrector,
+        snr=cfg.snr,
+        n_steps=cfg.n_steps_each,
+        probability_flow=cfg.probability_flow,
+    )
+
+
+def run_task(exp: Experiment, workdir: str, *, step: int | None = None) -> str:
+    """Runs ``config.sampling.task`` with the EMA weights of the newest (or ``step``'s) checkpoint
+    and writes the grid and the arrays; returns the output directory."""
+    from sde_jax.data import data_scaler, inverse_scaler
+    from sde_jax.models import make_score_fn
+
+    cfg = exp.sampling
+    task = cfg.task
+    image_shape = (exp.data.image_size, exp.data.image_size, exp.data.num_channels)
+    num_classes = exp.model.fields.get("num_classes")
+    # Everything checkable without the checkpoint is checked first.
+    if task == "colorize" and image_shape[2] < 2:
+        raise ValueError(
+            f"config.sampling.task='colorize' needs color data; data set {exp.data.dataset!r} "
+            f"has {image_shape[2]} channel(s)"
+        )
+    if task == "class_conditional":
+        if num_classes and cfg.classifier_workdir:
+            raise ValueError(
+                "config.sampling.classifier_workdir is for unconditional models; this model is "
+                f"class-conditional (model.num_classes={num_classes}) and uses classifier-free "
+                "guidance: leave classifier_workdir empty"
+            )
+        if not num_classes and not cfg.classifier_workdir:
+            raise ValueError(
+                "config.sampling.task='class_conditional' needs a class-conditional model "
+                "(config.model.num_classes, trained with training.label_dropout > 0) or a "
+                "noise-conditional classifier (config.sampling.classifier_workdir)"
+            )
+    else:
+        mask = load_mask(cfg.mask, image_shape) if task == "inpaint" else None
+        images = load_images(exp, cfg.input, cfg.num_samples)
+        _check_input_shape(images, image_shape, task)
+
+    sde = exp.sde.build()
+    model, params, step = _restore(exp, workdir, step)
+    score = make_score_fn(sde, model, continuous=exp.training.continuous)
+    scaler, inverse = data_scaler(exp.data), inverse_scaler(exp.data)
+    key = jax.random.fold_in(jax.random.key(exp.seed), 2_000_003)
+    out_dir = os.path.join(workdir, "samples", f"step_{step}", task)
+    arrays: dict[str, np.ndarray] = {}
+
+    if task == "class_conditional":
+        log_prob_fn = None
+        if cfg.classifier_workdir:
+            from sde_jax.train_classifier import load_classifier
+
+            log_prob_fn, classifier_classes = load_classifier(cfg.classifier_workdir, exp)
+            num_classes = classifier_classes
+        if cfg.class_label >= num_classes:
+            raise ValueError(
+                f"config.sampling.class_label must lie in [0, {num_classes}); got {cfg.class_label}"
+            )
+        shape = (cfg.num_samples, *image_shape)
+
+        @jax.jit
+        def run(params, key):
+            if log_prob_fn is None:
+                cond = lambda x, t, y: score({"params": params}, x, t, class_labels=y)
+                guided = controllable.classifier_free_guidance(
+                    controllable.null_label_score_fn(cond, num_classes)
+                )
+            else:
+                uncond = lambda x, t: score({"params": params}, x, t)
+                guided = controllable.classifier_guidance(uncond, log_prob_fn)
+            if cfg.method == "ode":
+                return controllable.guided_ode_sample(
+                    key, guided, sde, shape, cfg.class_label, cfg.guidance_scale,
+                    num_classes=num_classes, solver=cfg.ode_solver, rtol=cfg.rtol, atol=cfg.atol,
+                    denoise=cfg.noise_removal,
+                )  # fmt: skip
+            return controllable.guided_pc_sample(
+                key, guided, sde, shape, cfg.class_label, cfg.guidance_scale,
+                num_classes=num_classes, denoise=cfg.noise_removal, **_pc_kwargs(exp),
+            )  # fmt: skip
+
+        x, nfe = run(params, key)
+        samples = np.clip(np.asarray(inverse(x)), 0.0, 1.0)
+        grid = image_grid(_enlarge(samples))
+        arrays.update(labels=np.full((len(samples),), cfg.class_label, np.int32))
+        out_dir += f"_class{cfg.class_label}_scale{cfg.guidance_scale:g}"
+    else:
+        n = len(images)
+        k = cfg.num_completions
+        if task == "inpaint":
+            observed = np.repeat(scaler(images), k, axis=0)
+            shown = np.where(mask > 0, images, 0.5)  # Unknown pixels shown mid-gray.
+        else:
+            gray = images.mean(axis=-1, keepdims=True)
+            observed = np.repeat(scaler(gray), k, axis=0)
+            shown = np.repeat(gray, image_shape[2], axis=-1)
+        sampler = functools.partial(
+            controllable.pc_inpaint if task == "inpaint" else controllable.pc_colorize,
+            final_corrector_steps=cfg.final_corrector_steps,
+            **_pc_kwargs(exp),
+        )
+
+        @jax.jit
+        def run(params, key, observed):
+            score_fn = lambda x, t: score({"params": params}, x, t)
+            if task == "inpaint":
+                return sampler(key, score_fn, sde, observed, mask)
+            return sampler(key, score_fn, sde, observed, image_shape[2])
+
+        x, nfe = run(params, key, jnp.asarray(observed, jnp.float32))
+        samples = np.clip(np.asarray(inverse(x)), 0.0, 1.0)
+        # Rows: inputs, masked (or gray) inputs, then completion j of every input.
+        inputs = images if images.shape[-1] == image_shape[2] else np.repeat(images, 3, axis=-1)
+        completions = samples.reshape(n, k, *image_shape).transpose(1, 0, 2, 3, 4)
+        rows = np.concatenate([inputs[None], shown[None], completions]).reshape(-1, *image_shape)
+        grid = image_grid(_enlarge(rows), ncol=n)
+        arrays.update(inputs=_to_uint8(images))
+        if mask is not None:
+            arrays.update(mask=mask.astype(np.uint8))
+    if jax.process_index() == 0:
+        os.makedirs(out_dir, exist_ok=True)
+        write_png(os.path.join(out_dir, "grid.png"), grid)
+        np.savez_compressed(
+            os.path.join(out_dir, "samples.npz"), images=_to_uint8(samples), nfe=int(nfe), **arrays
+        )
+    print(f"wrote {len(samples)} {task} samples ({int(nfe)} score evaluations each) to {out_dir}")
+    return out_dir
