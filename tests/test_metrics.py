@@ -528,7 +528,6 @@ def test_sampling_eval_end_to_end_resumes_by_rounds(tmp_path, monkeypatch, rando
     assert os.path.exists(os.path.join(killed, "eval", "step_2", "samples_round_0.npz"))
     assert not os.path.exists(os.path.join(killed, "eval", "step_2", "samples_round_1.npz"))
     calls.clear()
-    monkeypatch.setattr(programs.SampleEvaluator, "_round", original)
     counting = lambda self, *a: calls.append(a[2]) or original(self, *a)
     monkeypatch.setattr(programs.SampleEvaluator, "_round", counting)
     resumed = run_eval_mode(exp, killed)
