@@ -11,23 +11,32 @@ with the process CPU time of the same calls (summed over threads). GFLOP/s is pe
 Usage::
 
     python benchmarks/model_step.py [--batch 8] [--repeats 5] [--models ddpmpp ncsnpp]
-        [--threads N] [--json out.json]
+        [--threads N] [--json out.json] [--profile]
 
 ``--threads 1`` restricts XLA's CPU backend to one thread (set before JAX starts), for comparison
 with single-core figures; ``taskset -c 0`` additionally pins the process to one core.
 ``--eigen-convs`` sets ``--xla_cpu_experimental_ynn_fusion_type=``, running convolutions with XLA's
 Eigen kernels rather than its YNNPACK fusions (on a 2-core AMD EPYC: slightly faster training
-steps with one thread, slower with two).
+steps with one thread, slower with two). ``--profile`` (CPU backend) traces one training step with
+the JAX profiler and sums the time of XLA's operations by kind: convolutions in forward layout (the
+forward pass and the input gradient), kernel-gradient convolutions (whose window is the whole
+image), layout transposes and copies, matrix products, and the remaining element-wise and reduction
+fusions.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import glob
+import gzip
 import json
 import os
 import platform
+import re
 import statistics
 import sys
+import tempfile
 import time
 
 
@@ -48,6 +57,11 @@ def parse_args(argv=None):
         help="CPU: run convolutions with XLA's Eigen kernels instead of its YNNPACK fusions",
     )
     p.add_argument("--skip-train", action="store_true", help="time the forward pass only")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="CPU: trace one training step and print where its time goes, by kind of operation",
+    )
     p.add_argument("--json", default=None, help="also write the results to this file")
     return p.parse_args(argv)
 
@@ -191,7 +205,65 @@ def bench(name: str) -> dict:
         result["train_step_s"], result["train_step_cpu_s"] = timed(run, repeats=ARGS.repeats)
         result["train_gflops_per_s"] = result["train_gflop"] / result["train_step_s"]
         print_row(result, "train")
+        if ARGS.profile:
+            result["train_step_profile_ms"] = profile(run, compiled.as_text())
     return result
+
+
+def _classify(body: str) -> str:
+    """The kind of one XLA CPU operation, from the HLO text of its fused computation."""
+    conv = re.search(r"convolution\(.*window=\{size=(\d+)x(\d+)", body)
+    if conv:
+        # A kernel gradient is a convolution whose "window" is the image (the activations play
+        # the role of the kernel); forward and input-gradient convolutions have a 3x3 or 1x1 one.
+        big = int(conv.group(1)) * int(conv.group(2)) > 9
+        return "conv kernel-gradient" if big else "conv forward/input-gradient"
+    if " dot(" in body:
+        return "matrix product"
+    if re.search(r" (transpose|copy)\(", body) and not re.search(
+        r" (add|multiply|subtract|divide|exponential|reduce)\(", body
+    ):
+        return "transpose/copy"
+    return "element-wise/reduction"
+
+
+def profile(run, hlo_text: str) -> dict[str, float]:
+    """Traces one call of ``run`` and prints (and returns) milliseconds per kind of operation."""
+    if jax.default_backend() != "cpu":
+        print("--profile: only the CPU backend's operation names are understood; skipped")
+        return {}
+    computations, current = {}, None
+    for line in hlo_text.splitlines():
+        head = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+        if head:
+            current = computations.setdefault(head.group(1), [])
+        elif current is not None:
+            current.append(line)
+    bodies = {}
+    for line in hlo_text.splitlines():
+        op = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (.*)$", line)
+        if op:
+            called = re.search(r"calls=%?([\w.\-]+)", op.group(2))
+            bodies[op.group(1)] = (
+                "\n".join(computations.get(called.group(1), [])) if called else " " + op.group(2)
+            )
+    with tempfile.TemporaryDirectory() as trace_dir:
+        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+            jax.block_until_ready(run())
+        (trace_file,) = glob.glob(
+            os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True
+        )
+        with gzip.open(trace_file) as f:
+            events = json.load(f)
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    total = collections.Counter()
+    for e in events:
+        if e.get("ph") == "X" and e.get("name") in bodies:
+            total[_classify(bodies[e["name"]])] += e.get("dur", 0) / 1e3
+    all_ms = sum(total.values())
+    for kind, ms in total.most_common():
+        print(f"    {kind:28s} {ms:8.1f} ms  {100 * ms / all_ms:5.1f} %")
+    return dict(total)
 
 
 def print_row(r: dict, kind: str) -> None:
