@@ -11,7 +11,8 @@ Inputs (``config.sampling``):
   optionally its channels) with 1/255 = observed and 0 = generate.
 - ``num_completions`` completions per input; ``final_corrector_steps`` (see
   :func:`sde_jax.controllable.pc_masked_sample`).
-- ``class_label``, ``guidance_scale`` (class-conditional): a class-conditional model
+- ``class_label`` (-1: every class in turn, one grid column per class), ``guidance_scale``
+  (class-conditional): a class-conditional model
   (``model.num_classes``) is sampled with classifier-free guidance of weight ``guidance_scale``;
   an unconditional one with the noise-conditional classifier trained in ``classifier_workdir``
   (``--mode=train_classifier``) at scale ``guidance_scale``.
@@ -156,6 +157,14 @@ def _check_input_shape(images: np.ndarray, image_shape, task: str) -> None:
         )
 
 
+def _check_class_label(label: int, num_classes: int) -> None:
+    if not -1 <= label < num_classes:
+        raise ValueError(
+            f"config.sampling.class_label must lie in [0, {num_classes}) for this model "
+            f"({num_classes} classes), or be -1 for every class; got {label}"
+        )
+
+
 def _restore(exp: Experiment, workdir: str, step: int | None):
     from sde_jax.checkpoint import Checkpoints, check_signature
     from sde_jax.train import abstract_state, make_mesh
@@ -224,6 +233,8 @@ def run_task(exp: Experiment, workdir: str, *, step: int | None = None) -> str:
                 "(config.model.num_classes, trained with training.label_dropout > 0) or a "
                 "noise-conditional classifier (config.sampling.classifier_workdir)"
             )
+        if num_classes:
+            _check_class_label(cfg.class_label, num_classes)
     else:
         mask = load_mask(cfg.mask, image_shape) if task == "inpaint" else None
         images = load_images(exp, cfg.input, cfg.num_samples)
@@ -244,11 +255,12 @@ def run_task(exp: Experiment, workdir: str, *, step: int | None = None) -> str:
 
             log_prob_fn, classifier_classes = load_classifier(cfg.classifier_workdir, exp)
             num_classes = classifier_classes
-        if cfg.class_label >= num_classes:
-            raise ValueError(
-                f"config.sampling.class_label must lie in [0, {num_classes}); got {cfg.class_label}"
-            )
+        _check_class_label(cfg.class_label, num_classes)
         shape = (cfg.num_samples, *image_shape)
+        if cfg.class_label == -1:  # Every class in turn: column c of the grid is class c.
+            labels = np.arange(cfg.num_samples, dtype=np.int32) % num_classes
+        else:
+            labels = np.full((cfg.num_samples,), cfg.class_label, np.int32)
 
         @jax.jit
         def run(params, key):
@@ -262,20 +274,22 @@ def run_task(exp: Experiment, workdir: str, *, step: int | None = None) -> str:
                 guided = controllable.classifier_guidance(uncond, log_prob_fn)
             if cfg.method == "ode":
                 return controllable.guided_ode_sample(
-                    key, guided, sde, shape, cfg.class_label, cfg.guidance_scale,
+                    key, guided, sde, shape, labels, cfg.guidance_scale,
                     num_classes=num_classes, solver=cfg.ode_solver, rtol=cfg.rtol, atol=cfg.atol,
                     denoise=cfg.noise_removal,
                 )  # fmt: skip
             return controllable.guided_pc_sample(
-                key, guided, sde, shape, cfg.class_label, cfg.guidance_scale,
+                key, guided, sde, shape, labels, cfg.guidance_scale,
                 num_classes=num_classes, denoise=cfg.noise_removal, **_pc_kwargs(exp),
             )  # fmt: skip
 
         x, nfe = run(params, key)
         samples = np.clip(np.asarray(inverse(x)), 0.0, 1.0)
-        grid = image_grid(_enlarge(samples))
-        arrays.update(labels=np.full((len(samples),), cfg.class_label, np.int32))
-        out_dir += f"_class{cfg.class_label}_scale{cfg.guidance_scale:g}"
+        ncol = num_classes if cfg.class_label == -1 else None
+        grid = image_grid(_enlarge(samples), ncol=ncol)
+        arrays.update(labels=labels)
+        name = "all" if cfg.class_label == -1 else cfg.class_label
+        out_dir += f"_class{name}_scale{cfg.guidance_scale:g}"
     else:
         n = len(images)
         k = cfg.num_completions

@@ -262,8 +262,11 @@ class SamplingConfig:
         _check_positive("sampling", "num_completions", self.num_completions)
         _check_positive("sampling", "final_corrector_steps", self.final_corrector_steps, True)
         _check_positive("sampling", "guidance_scale", self.guidance_scale, allow_zero=True)
-        if self.class_label < 0:
-            raise ValueError(f"config.sampling.class_label must be >= 0; got {self.class_label}")
+        if self.class_label < -1:
+            raise ValueError(
+                f"config.sampling.class_label must be >= 0, or -1 for every class; got "
+                f"{self.class_label}"
+            )
 
         _check_choice("sampling", "method", self.method, SAMPLING_METHODS)
         _check_choice("sampling", "predictor", self.predictor, PREDICTORS)

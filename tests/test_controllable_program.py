@@ -1,0 +1,201 @@
+"""The controllable-generation program: inputs, masks, errors, and (slow) the tasks end to end."""
+
+import dataclasses
+import importlib
+import pathlib
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from sde_jax.conditional_sample import load_images, load_mask, named_mask, run_task
+from sde_jax.config import Experiment
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _exp(name="tiny", **overrides):
+    config = importlib.import_module(f"configs.{name}").get_config()
+    for path, value in overrides.items():
+        section, field = path.split(".")
+        config[section][field] = value
+    return Experiment.from_config(config)
+
+
+def _png(path, array):
+    Image.fromarray(np.asarray(array, np.uint8)).save(path)
+    return str(path)
+
+
+def test_named_masks():
+    m = named_mask("lower_half", 8, 8)
+    assert m.shape == (8, 8, 1) and m[:4].all() and not m[4:].any()
+    c = named_mask("center", 8, 8)
+    assert c.sum() == 64 - 16 and not c[2:6, 2:6].any()
+
+
+def test_mask_files(tmp_path):
+    m = np.zeros((8, 8), np.uint8)
+    m[:, :3] = 255
+    loaded = load_mask(_png(tmp_path / "m.png", m), (8, 8, 1))
+    np.testing.assert_array_equal(loaded[..., 0], m == 255)
+    np.save(tmp_path / "m.npy", (m == 255).astype(np.int64))
+    np.testing.assert_array_equal(load_mask(str(tmp_path / "m.npy"), (8, 8, 1)), loaded)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda p: _png(p / "m.png", np.full((6, 8), 255)), r"must be an image of shape \(8, 8\)"),
+        (lambda p: _png(p / "m.png", np.full((8, 8), 128)), r"must be binary"),
+        (lambda p: "diagonal", r"config.sampling.mask must be one of \['lower_half'"),
+    ],
+)
+def test_bad_masks(tmp_path, make, match):
+    with pytest.raises(ValueError, match=match):
+        load_mask(make(tmp_path), (8, 8, 1))
+
+
+def test_input_sources(tmp_path):
+    exp = _exp()
+    images = load_images(exp, "eval", 5)
+    assert images.shape == (5, 8, 8, 1) and 0 <= images.min() and images.max() <= 1
+    np.savez(tmp_path / "x.npz", images=np.round(images * 255).astype(np.uint8))
+    np.testing.assert_allclose(load_images(exp, str(tmp_path / "x.npz"), 3), images[:3], atol=1e-6)
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i in range(2):
+        _png(folder / f"{i}.png", np.round(images[i, ..., 0] * 255))
+    np.testing.assert_allclose(load_images(exp, str(folder), 10), images[:2], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"sampling.task": "colorize", "sampling.input": "eval"}, r"colorize.*needs color data"),
+        ({"sampling.task": "inpaint", "sampling.input": ""}, r"config.sampling.input is required"),
+        ({"sampling.task": "inpaint", "sampling.input": "nope.png"}, r"no such file"),
+        ({"sampling.task": "class_conditional"}, r"needs a class-conditional model"),
+    ],
+)
+def test_task_errors_before_any_work(tmp_path, overrides, match):
+    exp = _exp(**overrides)
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        run_task(exp, str(tmp_path))
+
+
+def test_input_of_the_wrong_size(tmp_path):
+    exp = _exp(
+        **{"sampling.task": "inpaint", "sampling.input": _png(tmp_path / "a.png", np.zeros((9, 9)))}
+    )
+    with pytest.raises(
+        ValueError, match=r"images have shape \(9, 9, 1\); this model needs \(8, 8, 1\)"
+    ):
+        run_task(exp, str(tmp_path))
+
+
+def test_class_label_out_of_range(tmp_path):
+    exp = _exp("digits_cfg", **{"sampling.task": "class_conditional", "sampling.class_label": 10})
+    with pytest.raises(ValueError, match=r"class_label must lie in \[0, 10\)"):
+        run_task(exp, str(tmp_path))
+
+
+def test_label_dropout_needs_a_class_conditional_model():
+    with pytest.raises(ValueError, match=r"label_dropout > 0.*num_classes"):
+        _exp(**{"training.label_dropout": 0.1})
+    with pytest.raises(ValueError, match=r"label_dropout must be in \[0, 1\)"):
+        _exp("digits_cfg", **{"training.label_dropout": 1.0})
+    with pytest.raises(ValueError, match=r"sampling.task must be one of"):
+        _exp(**{"sampling.task": "superres"})
+
+
+def test_label_dropout_one_trains_the_unconditional_score():
+    """With every label dropped the class-conditional loss is the null-token loss."""
+    from sde_jax.train import make_loss
+
+    config = importlib.import_module("configs.tiny").get_config()
+    config.model.num_classes = 10
+    config.training.label_dropout = 0.999999
+    exp = Experiment.from_config(config)
+    model, sde = exp.build_model(), exp.sde.build()
+    x = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
+    params = model.init(jax.random.key(1), x, jax.numpy.zeros(4))["params"]
+    # The output layer starts at zero (init_scale = 0); perturb so that the labels matter.
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(3), len(leaves))
+    params = jax.tree.unflatten(
+        tree, [p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys, strict=True)]
+    )
+    labels = jax.numpy.arange(4)
+    key = jax.random.key(2)
+    cond = make_loss(sde, model, exp.training, num_classes=10)(params, key, (x, labels))
+    null = make_loss(sde, model, exp.training)(params, jax.random.split(key)[1], x)
+    np.testing.assert_allclose(cond, null, rtol=1e-6)
+    exp0 = dataclasses_replace(exp, 0.0)
+    kept = make_loss(sde, model, exp0.training, num_classes=10)(params, key, (x, labels))
+    assert not np.allclose(kept, null)
+
+
+def dataclasses_replace(exp, dropout):
+    return dataclasses.replace(
+        exp, training=dataclasses.replace(exp.training, label_dropout=dropout)
+    )
+
+
+@pytest.mark.slow
+def test_tasks_end_to_end(tmp_path):
+    """Train a tiny class-conditional model and a tiny classifier, then inpaint, sample a class with
+    classifier-free guidance and with classifier guidance."""
+    from sde_jax.train import train
+    from sde_jax.train_classifier import train_classifier
+
+    config = importlib.import_module("configs.tiny").get_config()
+    config.model.num_classes = 10
+    config.training.label_dropout = 0.2
+    exp = Experiment.from_config(config)
+    workdir = str(tmp_path / "cfg")
+    train(exp, workdir)
+
+    inpaint = dataclasses_sampling(
+        exp, task="inpaint", input="eval", num_samples=3, num_completions=2
+    )
+    out = run_task(inpaint, workdir)
+    with np.load(f"{out}/samples.npz") as f:
+        images, inputs = f["images"], f["inputs"]
+    assert images.shape == (6, 8, 8, 1)
+    # The observed (upper) half of every completion is its input's.
+    np.testing.assert_array_equal(images[:, :4], np.repeat(inputs, 2, axis=0)[:, :4])
+
+    cc = dataclasses_sampling(exp, task="class_conditional", class_label=7, guidance_scale=2.0)
+    out = run_task(cc, workdir)
+    with np.load(f"{out}/samples.npz") as f:
+        assert f["images"].shape == (8, 8, 8, 1) and (f["labels"] == 7).all()
+
+    clf = importlib.import_module("configs.digits_classifier").get_config()
+    for field in ("sde", "model", "training", "optim", "sampling", "eval"):
+        clf[field] = (
+            config[field]
+            if field != "model"
+            else importlib.import_module("configs.tiny").get_config().model
+        )
+    clf.classifier.n_iters = 4
+    clf.classifier.log_freq = 2
+    clf.classifier.snapshot_freq = 2
+    clf.classifier.eval_batches = 1
+    results = train_classifier(clf, str(tmp_path / "clf"))
+    assert set(results) >= {"accuracy_t0.01"}
+    uncond = Experiment.from_config(importlib.import_module("configs.tiny").get_config())
+    train(uncond, str(tmp_path / "uncond"))
+    guided = dataclasses_sampling(
+        uncond, task="class_conditional", class_label=3, classifier_workdir=str(tmp_path / "clf")
+    )
+    out = run_task(guided, str(tmp_path / "uncond"))
+    with np.load(f"{out}/samples.npz") as f:
+        assert f["images"].shape == (8, 8, 8, 1)
+
+
+def dataclasses_sampling(exp, **fields):
+    return dataclasses.replace(exp, sampling=dataclasses.replace(exp.sampling, **fields))
