@@ -316,7 +316,9 @@ def run_task(exp: Experiment, workdir: str, *, step: int | None = None) -> str:
         x, nfe = run(params, key, jnp.asarray(observed, jnp.float32))
         samples = np.clip(np.asarray(inverse(x)), 0.0, 1.0)
         # Rows: inputs, masked (or gray) inputs, then completion j of every input.
-        inputs = images if images.shape[-1] == image_shape[2] else np.repeat(images, 3, axis=-1)
+        inputs = (
+            images if images.shape[-1] == image_shape[2] else np.repeat(images, image_shape[2], -1)
+        )
         completions = samples.reshape(n, k, *image_shape).transpose(1, 0, 2, 3, 4)
         rows = np.concatenate([inputs[None], shown[None], completions]).reshape(-1, *image_shape)
         grid = image_grid(_enlarge(rows), ncol=n)

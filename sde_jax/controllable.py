@@ -5,7 +5,9 @@ sampler runs the predictor–corrector loop of :func:`sde_jax.sampling.pc_sample
 and, after every predictor and every corrector update, replaces the observed coordinates by a fresh
 sample of the forward process at the current time, :math:`y_t = m(t)\,y + s(t)\,z`. The unknown
 coordinates thus follow the reverse SDE driven by :math:`\nabla_u \log p_t(u, y_t)`, the paper's
-approximation of the conditional score :math:`\nabla_u \log p_t(u \mid y)`. Colorization applies the
+approximation of the conditional score :math:`\nabla_u \log p_t(u \mid y)`; the approximation is
+biased even for Gaussian data, which ``final_corrector_steps`` Langevin steps at
+:math:`t = \epsilon` remove (see :func:`pc_masked_sample`). Colorization applies the
 same replacement in the paper's decoupled color space: an orthogonal matrix :math:`M` on the channel
 axis whose first column is :math:`\mathbf 1/\sqrt C`, so the first decoupled channel
 :math:`\sqrt C\,\bar x` is the (scaled) gray level and the other channels are orthogonal to it. Since
@@ -19,7 +21,8 @@ observed ones.
 :math:`\nabla_x \log p_t(x) + \lambda\,\nabla_x \log p_t(y \mid x)`; :math:`\lambda = 1` is the exact
 conditional :math:`p_t(x \mid y)`, :math:`\lambda > 1` sharpens it. **Classifier-free guidance**
 uses a class-conditional score model trained with label dropout and
-:math:`(1 + w)\,s(x, t, y) - w\,s(x, t, \varnothing)`; :math:`w = 0` is the conditional model.
+:math:`(1 + w)\,s(x, t, y) - w\,s(x, t, \varnothing)`; :math:`w = 0` is the conditional model,
+and with exact scores weight :math:`w` is classifier guidance with :math:`\lambda = 1 + w`.
 
 **Probability-flow variants.** A guided score is a score field like any other, so its probability
 flow (eq. 13) is well defined and :func:`guided_ode_sample` solves it; with :math:`\lambda = 1` and
@@ -28,7 +31,8 @@ each step random (a fresh :math:`y_t`), so there is no deterministic flow of the
 distribution; ``probability_flow=True`` in :func:`pc_inpaint` only makes the predictor follow the
 flow of the unknown coordinates (as the paper's code allows), the sampler stays stochastic.
 
-Every sampler here is one jitted program whose loop is a :func:`jax.lax.fori_loop`, and returns
+Every sampler here is one jitted program (its loop a :func:`jax.lax.fori_loop`, or a diffrax solve
+for the flow) with the labels and guidance scale traced, and returns
 ``(samples, nfe)`` like :func:`sde_jax.sampling.pc_sample`, ``nfe`` counting evaluations of the
 (guided) score.
 """

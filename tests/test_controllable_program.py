@@ -199,3 +199,35 @@ def test_tasks_end_to_end(tmp_path):
 
 def dataclasses_sampling(exp, **fields):
     return dataclasses.replace(exp, sampling=dataclasses.replace(exp.sampling, **fields))
+
+
+@pytest.mark.slow
+def test_colorize_end_to_end(tmp_path):
+    """A tiny RGB model on a folder of images: colorized outputs keep the input's gray level."""
+    from sde_jax.train import train
+
+    folder = tmp_path / "rgb"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        _png(folder / f"{i:02d}.png", rng.integers(0, 256, (8, 8, 3)))
+    config = importlib.import_module("configs.tiny").get_config()
+    config.data.dataset = "folder"
+    config.data.folder = str(folder)
+    config.data.num_channels = 3
+    config.eval.batch_size = 8
+    exp = Experiment.from_config(config)
+    workdir = str(tmp_path / "run")
+    train(exp, workdir)
+    colorize = dataclasses_sampling(
+        exp, task="colorize", input=str(folder), num_samples=3, num_completions=2
+    )
+    out = run_task(colorize, workdir)
+    with np.load(f"{out}/samples.npz") as f:
+        images, inputs = f["images"].astype(float), f["inputs"].astype(float)
+    assert images.shape == (6, 8, 8, 3)
+    gray_in = np.repeat(inputs.mean(-1), 2, axis=0)
+    inside = np.all((images > 0) & (images < 255), axis=-1)  # Not clipped to [0, 1].
+    assert inside.mean() > 0.2
+    # uint8 rounding of each channel moves the mean by at most 0.5.
+    np.testing.assert_allclose(images.mean(-1)[inside], gray_in[inside], atol=0.5 + 1e-6)
