@@ -175,12 +175,9 @@ def test_tasks_end_to_end(tmp_path):
         assert f["images"].shape == (8, 8, 8, 1) and (f["labels"] == 7).all()
 
     clf = importlib.import_module("configs.digits_classifier").get_config()
+    tiny = importlib.import_module("configs.tiny").get_config()
     for field in ("sde", "model", "training", "optim", "sampling", "eval"):
-        clf[field] = (
-            config[field]
-            if field != "model"
-            else importlib.import_module("configs.tiny").get_config().model
-        )
+        clf[field] = tiny[field]
     clf.classifier.n_iters = 4
     clf.classifier.log_freq = 2
     clf.classifier.snapshot_freq = 2
@@ -231,3 +228,48 @@ def test_colorize_end_to_end(tmp_path):
     assert inside.mean() > 0.2
     # uint8 rounding of each channel moves the mean by at most 0.5.
     np.testing.assert_allclose(images.mean(-1)[inside], gray_in[inside], atol=0.5 + 1e-6)
+
+
+def test_classifier_log_probs_are_normalized_and_noise_dependent():
+    from sde_jax.models.classifier import NoiseConditionalWRN, make_classifier_log_prob
+    from sde_jax.sde import VESDE
+
+    sde = VESDE()
+    model = NoiseConditionalWRN(
+        3, width=4, widen_factor=1, blocks_per_stage=1, num_stages=2, embedding_size=8
+    )
+    x = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
+    params = model.init(jax.random.key(1), x, jax.numpy.ones(4))["params"]
+    log_prob = make_classifier_log_prob(sde, model)
+    t = jax.numpy.array([0.01, 0.3, 0.6, 0.9])
+    per_class = np.stack(
+        [log_prob(params, x, t, jax.numpy.full((4,), c)) for c in range(3)], axis=-1
+    )
+    np.testing.assert_allclose(jax.nn.logsumexp(per_class, axis=-1), 0.0, atol=1e-5)
+    other = log_prob(params, x, jax.numpy.full((4,), 0.5), jax.numpy.zeros(4, int))
+    assert not np.allclose(other, per_class[:, 0])
+
+
+def test_load_classifier_errors(tmp_path):
+    import json
+
+    from sde_jax.train_classifier import load_classifier
+
+    exp = _exp()
+    with pytest.raises(FileNotFoundError, match=r"holds no classifier.*--mode=train_classifier"):
+        load_classifier(str(tmp_path), exp)
+    record = {"sde": {"name": "vesde"}, "image_shape": [8, 8, 1], "num_classes": 10}
+    (tmp_path / "classifier.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"was trained for SDE"):
+        load_classifier(str(tmp_path), exp)
+
+
+def test_train_classifier_needs_its_section():
+    from sde_jax.train_classifier import split_config
+
+    with pytest.raises(ValueError, match=r"needs a config with a `classifier` section"):
+        split_config(importlib.import_module("configs.tiny").get_config())
+    config = importlib.import_module("configs.digits_classifier").get_config()
+    config.classifier.lr = -1.0
+    with pytest.raises(ValueError, match=r"config.classifier.lr must be > 0"):
+        split_config(config)
