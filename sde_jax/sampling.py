@@ -28,6 +28,10 @@ Correctors (``n_steps`` Langevin MCMC steps at the same time :math:`t_i`):
 
 With ``denoise=True`` the sample returned is the mean of the last update, without its noise, which
 is Tweedie's denoising step at :math:`t = \epsilon` for ``reverse_diffusion``.
+
+:func:`sample` is one entry point for these and the few-step samplers of
+:mod:`sde_jax.fast_sampling` (EDM Heun, DPM-Solver++(2M), DDIM): ``sample(key, score_fn, sde,
+shape, method=..., **options)`` with ``method`` a key of :data:`METHODS`.
 """
 
 from __future__ import annotations
