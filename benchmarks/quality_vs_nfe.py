@@ -4,7 +4,7 @@
 Two targets:
 
 - ``mixture``: a closed-form 2-D Gaussian mixture (8 components on a ring, unequal weights and
-  widths) with its exact score, for the VP and the VE SDE. Quality: the energy distance between
+  widths) with its exact score, for the VP, the VE and the sub-VP SDE. Quality: the energy distance between
   2,000 samples and 20,000 exact samples (mean and standard error over 10 independent sample sets;
   the null row is exact samples), and the gap between the mean exact log-density of the samples and
   that of exact samples (:math:`\\mathbb{E}_q\\log p - \\mathbb{E}_p\\log p`; 0 for exact samples,
@@ -16,7 +16,7 @@ Two targets:
   subsets): no sampler can be expected below it.
 
 Each method runs at a range of budgets: ``num_steps`` for the few-step methods (EDM Heun: NFE
-``2n - 1``; DPM-Solver++(2M) and DDIM: ``n``; fixed-grid ODE: ``solver_nfe(n) + 1``), ``N`` for PC,
+``2n - 1``; DPM-Solver++(2M), (3M), UniPC and DDIM: ``n``; fixed-grid ODE: ``solver_nfe(n) + 1``), ``N`` for PC,
 the tolerance for the adaptive ODE solve (its NFE is measured). Writes ``quality_vs_nfe.json``
 (the measurements), ``quality_vs_nfe.md`` (the tables) and, if matplotlib is installed
 (``pip install -e '.[bench]'``), ``quality_vs_nfe.png`` into ``--out``; the tables are always
@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from sde_jax.closed_form import GaussianMixture  # noqa: E402
 from sde_jax.sampling import SOLVERS, sample, solver_nfe  # noqa: E402
-from sde_jax.sde import VESDE, VPSDE  # noqa: E402
+from sde_jax.sde import VESDE, VPSDE, SubVPSDE  # noqa: E402
 
 NFE_TARGETS = (5, 10, 20, 35, 50, 100, 200)
 DIGITS_NFE_TARGETS = (5, 10, 20, 50, 100)
@@ -132,6 +132,9 @@ def specs(targets, pc_steps, pc_langevin_steps, tolerances):
         few_step("EDM Heun", "edm_heun", targets),
         few_step("EDM stochastic (churn 10)", "edm_stochastic", targets, s_churn=10.0),
         few_step("DPM-Solver++(2M)", "dpm_solver_2m", targets),
+        few_step("DPM-Solver++(2M), logSNR steps", "dpm_solver_2m", targets, schedule="logsnr"),
+        few_step("DPM-Solver++(3M), logSNR steps", "dpm_solver_3m", targets),
+        few_step("UniPC (bh2, order 3), logSNR steps", "unipc", targets),
         few_step("DDIM (eta 0)", "ddim", targets),
         few_step("DDIM (eta 1)", "ddim", targets, eta=1.0),
     ]
@@ -176,7 +179,7 @@ def _mean_se(v):
 
 
 def run_mixture(sde_name, reps=10, n=2000):
-    sde = {"vp": VPSDE(), "ve": VESDE()}[sde_name]
+    sde = {"vp": VPSDE(), "ve": VESDE(), "subvp": SubVPSDE()}[sde_name]
     gm = ring_mixture()
     score_fn = gm.score_fn(sde)  # One object: one compiled program per method.
     reference = gm.sample(jax.random.key(1), 20_000)
@@ -403,7 +406,7 @@ def _verdict(rows, sde_name, reps=10):
     )
     first = _first_match(rows, sde_name, ref)
     return (
-        f"Target ({sde_name.upper()}): the PC sampler at N = 1000 (reverse diffusion + Langevin, "
+        f"Target ({_SDE_TITLES[sde_name]}): the PC sampler at N = 1000 (reverse diffusion + Langevin, "
         f"{ref.nfe} NFE) has energy distance {ref.quality:.4f} ± {ref.quality_se:.4f} and "
         f"log-density gap {ref.gap:+.3f} ± {ref.gap_se:.3f} (standard errors of the mean over "
         f"{reps} sets of 2,000). At <= 20 NFE, energy distance within two standard errors of it or "
@@ -416,14 +419,17 @@ def _verdict(rows, sde_name, reps=10):
     )
 
 
+_SDE_TITLES = {"vp": "VP", "ve": "VE", "subvp": "sub-VP"}
+
+
 def report(rows, hw, digits_step):
     """The markdown text of the tables and verdicts."""
     text = ["# Sample quality against NFE", "", f"Measured with {hw}.", ""]
-    for sde_name in ("vp", "ve"):
+    for sde_name in ("vp", "ve", "subvp"):
         if not any(r.part == "mixture" and r.sde == sde_name for r in rows):
             continue
         text += [
-            f"## Gaussian mixture, {sde_name.upper()} SDE",
+            f"## Gaussian mixture, {_SDE_TITLES[sde_name]} SDE",
             "",
             "Energy distance between 2,000 samples and 20,000 exact samples, and the gap "
             "between the samples' mean exact log-density and that of exact samples; mean ± "
@@ -461,13 +467,14 @@ def plot(rows, path):
         for part, sde_name, title in (
             ("mixture", "vp", "Gaussian mixture, VP SDE"),
             ("mixture", "ve", "Gaussian mixture, VE SDE"),
+            ("mixture", "subvp", "Gaussian mixture, sub-VP SDE"),
             ("digits", "vp", "digits model (VP), PCA-16 Frechet distance"),
         )
         if any(r.part == part and r.sde == sde_name for r in rows)
     ]
     # One colour per method in every panel.
     labels = list(dict.fromkeys(r.label for r in rows if r.nfe > 0))
-    colors = dict(zip(labels, plt.get_cmap("tab10").colors, strict=False))
+    colors = dict(zip(labels, plt.get_cmap("tab20").colors, strict=False))
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.8), squeeze=False)
     for ax, (part, sde_name, title) in zip(axes[0], panels, strict=True):
         sel = [r for r in rows if r.part == part and r.sde == sde_name]
@@ -521,7 +528,7 @@ def main():
         print(hw)
         start = time.perf_counter()
         if "mixture" in args.parts:
-            for sde_name in ("vp", "ve"):
+            for sde_name in ("vp", "ve", "subvp"):
                 rows += run_mixture(sde_name)
         if "digits" in args.parts:
             digits_rows, step = run_digits(args.workdir)

@@ -68,6 +68,9 @@ def base_config() -> ml_collections.ConfigDict:
     sampling.ode_controller = "pid"
     sampling.num_steps = 18
     sampling.rho = 7.0
+    sampling.schedule = ""  # Few-step methods' noise levels; empty: the method's default.
+    sampling.order = 3  # dpm_solver_3m, unipc.
+    sampling.lower_order_final = True  # dpm_solver_3m, unipc.
     sampling.s_churn = 10.0
     sampling.s_tmin = 0.0
     sampling.s_tmax = float("inf")

@@ -202,8 +202,17 @@ class OptimConfig:
 
 
 # The keys of sde_jax.sampling.METHODS (a test checks that they agree).
-SAMPLING_METHODS = ("pc", "ode", "edm_heun", "edm_stochastic", "dpm_solver_2m", "ddim")
-_FAST_METHODS = ("edm_heun", "edm_stochastic", "dpm_solver_2m", "ddim")
+SAMPLING_METHODS = (
+    "pc",
+    "ode",
+    "edm_heun",
+    "edm_stochastic",
+    "dpm_solver_2m",
+    "dpm_solver_3m",
+    "unipc",
+    "ddim",
+)
+_FAST_METHODS = ("edm_heun", "edm_stochastic", "dpm_solver_2m", "dpm_solver_3m", "unipc", "ddim")
 
 
 SAMPLING_TASKS = ("unconditional", "inpaint", "colorize", "class_conditional")
@@ -217,9 +226,13 @@ class SamplingConfig:
     ``corrector``, ``snr``, ``n_steps_each``, ``probability_flow``), ``ode`` (``ode_solver`` with
     ``ode_controller="pid"`` and ``rtol``/``atol``, or ``"fixed"`` and ``num_steps``/``rho``),
     ``edm_heun`` (``num_steps``, ``rho``), ``edm_stochastic`` (also ``s_churn``, ``s_tmin``,
-    ``s_tmax``, ``s_noise``), ``dpm_solver_2m`` (``num_steps``, ``rho``) or ``ddim``
+    ``s_tmax``, ``s_noise``), ``dpm_solver_2m`` (``num_steps``, ``rho``), ``dpm_solver_3m`` and
+    ``unipc`` (``num_steps``, ``order``, ``lower_order_final``, ``rho``) or ``ddim``
     (``num_steps``, ``rho``, ``eta``). ``noise_removal`` applies to ``pc`` and ``ode``; the
-    few-step methods always end with the denoising step.
+    few-step methods always end with the denoising step. ``schedule`` picks the few-step methods'
+    noise levels (``edm``, ``logsnr``, ``time_uniform``, ``time_quadratic``; ``rho`` is the
+    ``edm`` exponent); empty: the method's default (``logsnr`` for ``dpm_solver_3m`` and
+    ``unipc``, ``edm`` for the others).
     """
 
     method: str = "pc"
@@ -235,6 +248,9 @@ class SamplingConfig:
     ode_controller: str = "pid"
     num_steps: int = 18
     rho: float = 7.0
+    schedule: str = ""
+    order: int = 3
+    lower_order_final: bool = True
     s_churn: float = 10.0
     s_tmin: float = 0.0
     s_tmax: float = float("inf")
@@ -281,6 +297,21 @@ class SamplingConfig:
                 f"config.sampling.num_steps must be an int >= 2; got {self.num_steps!r}"
             )
         _check_positive("sampling", "rho", self.rho)
+        from sde_jax.fast_sampling import SCHEDULES
+
+        if self.schedule:
+            _check_choice("sampling", "schedule", self.schedule, SCHEDULES)
+            if self.method not in _FAST_METHODS:
+                raise ValueError(
+                    f"config.sampling.schedule applies to {list(_FAST_METHODS)}, not method "
+                    f"{self.method!r}; leave it empty"
+                )
+        if self.order not in (1, 2, 3) or isinstance(self.order, bool):
+            raise ValueError(f"config.sampling.order must be 1, 2 or 3; got {self.order!r}")
+        if not isinstance(self.lower_order_final, bool):
+            raise ValueError(
+                f"config.sampling.lower_order_final must be a bool; got {self.lower_order_final!r}"
+            )
         for f in ("s_churn", "s_tmin", "s_noise"):
             _check_positive("sampling", f, getattr(self, f), allow_zero=True)
         if not self.s_tmax >= self.s_tmin:

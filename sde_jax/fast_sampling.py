@@ -109,17 +109,48 @@ def denoiser(sde: SDE, score_fn: ScoreFn, y: Array, s: Array) -> Array:
     return y + batch_broadcast(s**2 * alpha, y) * score
 
 
+SCHEDULES = ("edm", "logsnr", "time_uniform", "time_quadratic")
+
+
+def schedule_level(sde: SDE, schedule: str, i: Array, n: Array, eps: Array, rho: Array) -> Array:
+    r"""The noise level :math:`s_i` of step ``i`` of ``n`` under ``schedule`` (a key of
+    :data:`SCHEDULES`); :math:`s_0 = s(T)`, :math:`s_{n-1} = s(\epsilon)`, :math:`s_i = 0` for
+    :math:`i \ge n`. With :math:`u = i/(n-1)`:
+
+    - ``edm``: :func:`edm_schedule` with exponent ``rho``;
+    - ``logsnr``: uniform in :math:`\lambda = -\log s` (half the log-SNR), DPM-Solver's
+      recommended steps: :math:`s_i = s_{\max}^{1-u}\,s_{\min}^{u}`;
+    - ``time_uniform``: :math:`s_i = s(T + u(\epsilon - T))`;
+    - ``time_quadratic``: :math:`s_i = s(t_i)`, :math:`\sqrt{t_i}` uniform between
+      :math:`\sqrt T` and :math:`\sqrt\epsilon` (DPM-Solver's ``time_quadratic``).
+
+    ``rho`` is read by ``edm`` only.
+    """
+    s_max = noise_to_signal(sde, jnp.asarray(sde.T, jnp.float32))
+    s_min = noise_to_signal(sde, eps)
+    if schedule == "edm":
+        return edm_schedule(i, n, s_max, s_min, rho)
+    u = i / jnp.maximum(n - 1, 1)
+    if schedule == "logsnr":
+        level = jnp.exp(jnp.log(s_max) + u * (jnp.log(s_min) - jnp.log(s_max)))
+    elif schedule == "time_uniform":
+        level = noise_to_signal(sde, sde.T + u * (eps - sde.T))
+    else:
+        root = math.sqrt(sde.T) + u * (jnp.sqrt(eps) - math.sqrt(sde.T))
+        level = noise_to_signal(sde, root**2)
+    return jnp.where(i < n, level, 0.0)
+
+
 class _Grid:
     """The schedule of one call: ``level(i)`` is :math:`s_i`, and the start and end noise levels."""
 
-    def __init__(self, sde: SDE, num_steps: Array, eps: Array, rho: Array):
-        self.n = num_steps
+    def __init__(self, sde: SDE, num_steps: Array, eps: Array, rho: Array, schedule: str = "edm"):
+        self.sde, self.n, self.eps, self.rho, self.schedule = sde, num_steps, eps, rho, schedule
         self.s_max = noise_to_signal(sde, jnp.asarray(sde.T, jnp.float32))
         self.s_min = noise_to_signal(sde, eps)
-        self.rho = rho
 
     def level(self, i):
-        return edm_schedule(i, self.n, self.s_max, self.s_min, self.rho)
+        return schedule_level(self.sde, self.schedule, i, self.n, self.eps, self.rho)
 
 
 def _prior(sde: SDE, key: Array, shape) -> Array:
@@ -143,6 +174,12 @@ def _check_rho(rho) -> float:
     if not rho > 0:
         raise ValueError(f"`rho` must be > 0; got {rho!r}.")
     return float(rho)
+
+
+def _check_schedule(schedule) -> str:
+    if schedule not in SCHEDULES:
+        raise ValueError(f"`schedule` must be one of {list(SCHEDULES)}; got {schedule!r}.")
+    return schedule
 
 
 def _prepare(sde, shape, eps, num_steps, rho):
@@ -169,6 +206,7 @@ def edm_heun_sample(
     *,
     num_steps: int = 18,
     rho: float = 7.0,
+    schedule: str = "edm",
     eps: float | None = None,
 ) -> tuple[Array, Array]:
     r"""Deterministic sampling with Heun's method on the EDM schedule (Karras et al. 2022,
@@ -185,6 +223,7 @@ def edm_heun_sample(
         shape: ``(B, *event)``.
         num_steps: :math:`n \ge 2` steps; :math:`2n - 1` score evaluations.
         rho: the schedule's exponent :math:`\rho` (7 in EDM; larger puts more steps at low noise).
+        schedule: the noise levels, a key of :data:`SCHEDULES` (:func:`schedule_level`).
         eps: the smallest nonzero time, :math:`s_{\min} = s(\epsilon)`; defaults to
             ``sde.sampling_eps``.
 
@@ -194,7 +233,19 @@ def edm_heun_sample(
     shape, eps, n, rho = _prepare(sde, shape, eps, num_steps, rho)
     zero = jnp.zeros((), jnp.float32)
     return _edm_sample(
-        key, sde, n, eps, rho, zero, zero, zero, zero, score_fn=score_fn, shape=shape, churn=False
+        key,
+        sde,
+        n,
+        eps,
+        rho,
+        zero,
+        zero,
+        zero,
+        zero,
+        score_fn=score_fn,
+        shape=shape,
+        churn=False,
+        schedule=_check_schedule(schedule),
     )
 
 
@@ -206,6 +257,7 @@ def edm_stochastic_sample(
     *,
     num_steps: int = 18,
     rho: float = 7.0,
+    schedule: str = "edm",
     s_churn: float = 10.0,
     s_tmin: float = 0.0,
     s_tmax: float = float("inf"),
@@ -235,6 +287,7 @@ def edm_stochastic_sample(
         s_tmax: :math:`S_{t\max}`, the highest.
         s_noise: :math:`S_\text{noise}`, the scale of the added noise (slightly above 1 in EDM to
             offset a denoiser's bias; 1 for an exact score).
+        schedule: the noise levels, a key of :data:`SCHEDULES` (:func:`schedule_level`).
         eps: the smallest nonzero time; defaults to ``sde.sampling_eps``.
 
     Returns:
@@ -260,13 +313,16 @@ def edm_stochastic_sample(
         score_fn=score_fn,
         shape=shape,
         churn=True,
+        schedule=_check_schedule(schedule),
     )
 
 
-@functools.partial(jax.jit, static_argnames=("score_fn", "shape", "churn"))
-def _edm_sample(key, sde, n, eps, rho, s_churn, s_tmin, s_tmax, s_noise, *, score_fn, shape, churn):
+@functools.partial(jax.jit, static_argnames=("score_fn", "shape", "churn", "schedule"))
+def _edm_sample(
+    key, sde, n, eps, rho, s_churn, s_tmin, s_tmax, s_noise, *, score_fn, shape, churn, schedule
+):
     k_prior, k_loop = jax.random.split(key)
-    grid = _Grid(sde, n, eps, rho)
+    grid = _Grid(sde, n, eps, rho, schedule)
     y = _prior(sde, k_prior, shape)
     denoise = functools.partial(denoiser, sde, score_fn)
     gamma_max = jnp.minimum(s_churn / n.astype(jnp.float32), math.sqrt(2.0) - 1.0)
@@ -308,6 +364,7 @@ def dpm_solver_2m_sample(
     *,
     num_steps: int = 20,
     rho: float = 7.0,
+    schedule: str = "edm",
     eps: float | None = None,
 ) -> tuple[Array, Array]:
     r"""DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) on the EDM schedule, for VE, VP and sub-VP.
@@ -331,18 +388,21 @@ def dpm_solver_2m_sample(
         num_steps: :math:`n \ge 2` steps, one score evaluation each.
         rho: the schedule's exponent (large :math:`\rho` approaches the paper's uniform-in-log-SNR
             steps).
+        schedule: the noise levels, a key of :data:`SCHEDULES` (:func:`schedule_level`).
         eps: the smallest nonzero time; defaults to ``sde.sampling_eps``.
 
     Returns:
         ``(samples [B, *event], nfe)``, ``nfe = num_steps`` (int32).
     """
     shape, eps, n, rho = _prepare(sde, shape, eps, num_steps, rho)
-    return _dpm_solver_2m_sample(key, sde, n, eps, rho, score_fn=score_fn, shape=shape)
+    return _dpm_solver_2m_sample(
+        key, sde, n, eps, rho, score_fn=score_fn, shape=shape, schedule=_check_schedule(schedule)
+    )
 
 
-@functools.partial(jax.jit, static_argnames=("score_fn", "shape"))
-def _dpm_solver_2m_sample(key, sde, n, eps, rho, *, score_fn, shape):
-    grid = _Grid(sde, n, eps, rho)
+@functools.partial(jax.jit, static_argnames=("score_fn", "shape", "schedule"))
+def _dpm_solver_2m_sample(key, sde, n, eps, rho, *, score_fn, shape, schedule):
+    grid = _Grid(sde, n, eps, rho, schedule)
     y = _prior(sde, key, shape)
 
     def step(i, carry):
@@ -361,6 +421,271 @@ def _dpm_solver_2m_sample(key, sde, n, eps, rho, *, score_fn, shape):
 
 
 # ---------------------------------------------------------------------------------------------
+# DPM-Solver++(3M) and UniPC: multistep solvers of order up to 3.
+#
+# Both keep the denoiser values D_i, D_{i-1}, D_{i-2} and the log-ratios h_{i-1}, h_{i-2} of the
+# last steps; an order is usable at step i only once that many values exist, hence the traced
+# order k_i = min(order, i + 1) (and, with lower_order_final, min(k_i, n - i)), and each update's
+# coefficients are scalars picked by jnp.where, so no unused (possibly 0/0) term touches the
+# samples.
+
+
+def _step_order(i, n, order, lower_order_final):
+    k = jnp.minimum(order, i + 1)
+    return jnp.where(lower_order_final, jnp.minimum(k, n - i), k)
+
+
+def _safe_div(a, b):
+    """a / b, and 0 where b == 0 (steps that have no history yet)."""
+    return jnp.where(b == 0, 0.0, a / jnp.where(b == 0, 1.0, b))
+
+
+def _dpm_3m_coefs(h, h1, h2, k):
+    r"""The coefficients :math:`(c_1, c_2)` of :math:`D_i - D_{i-1}` and :math:`D_{i-1} - D_{i-2}`
+    in a DPM-Solver++ step of order ``k``: :math:`y' = r y + (1 - r) D_i + c_1 (D_i - D_{i-1}) +
+    c_2 (D_{i-1} - D_{i-2})`, :math:`r = e^{-h}`."""
+    r0, r1 = h1 / h, h2 / h
+    phi_2 = jnp.expm1(-h) / h + 1.0
+    phi_3 = phi_2 / h - 0.5
+    # Order 2 (the 2M update): (1 - r) / (2 r0) on D_i - D_{i-1}.
+    c1_2 = _safe_div(-0.5 * jnp.expm1(-h), r0)
+    # Order 3: phi_2 D1 - phi_3 D2 with D1 = D1_0 + r0/(r0 + r1) (D1_0 - D1_1),
+    # D2 = (D1_0 - D1_1)/(r0 + r1), D1_0 = (D_i - D_{i-1})/r0, D1_1 = (D_{i-1} - D_{i-2})/r1.
+    c1_3 = _safe_div(phi_2 * (1.0 + _safe_div(r0, r0 + r1)) - _safe_div(phi_3, r0 + r1), r0)
+    c2_3 = _safe_div(_safe_div(phi_3 - phi_2 * r0, r0 + r1), r1)
+    c1 = jnp.select([k == 2, k == 3], [c1_2, c1_3], 0.0)
+    c2 = jnp.where(k == 3, c2_3, 0.0)
+    return c1, c2
+
+
+def _unipc_b(h):
+    r"""UniPC's :math:`b_1, b_2, b_3` for the data prediction with :math:`B(h) = e^{-h} - 1`
+    (the bh2 variant): :math:`b_j = j!\,\varphi_{j+1}(-h)/B(h)`, with :math:`\varphi_1(z) =
+    (e^z - 1)/z` and :math:`\varphi_{j+1}(z) = (\varphi_j(z) - 1/j!)/z`."""
+    hh = -h
+    big_b = jnp.expm1(hh)
+    g1 = big_b / hh - 1.0
+    g2 = g1 / hh - 0.5
+    g3 = g2 / hh - 1.0 / 6.0
+    return g1 / big_b, 2.0 * g2 / big_b, 6.0 * g3 / big_b
+
+
+def _solve2(a11, a12, a21, a22, b1, b2):
+    det = a11 * a22 - a12 * a21
+    return _safe_div(b1 * a22 - a12 * b2, det), _safe_div(a11 * b2 - a21 * b1, det)
+
+
+def _unipc_coefs(h, h1, h2, k):
+    r"""UniPC-:math:`k` (bh2) coefficients for the differences :math:`D_{i-1} - D_i`,
+    :math:`D_{i-2} - D_i` (predictor: ``p1, p2``; corrector: ``q1, q2``) and
+    :math:`D_{i+1} - D_i` (corrector: ``q0``), each multiplying :math:`(1 - r)`.
+
+    With :math:`r_j = (\lambda_{i-j} - \lambda_i)/h` (:math:`-h_{i-1}/h` and :math:`-(h_{i-1} + h_{i-2})/h`) the relative positions of the past
+    values and :math:`r = 1` the new one, the predictor of order :math:`k` solves
+    :math:`\sum_j a_j r_j^{m-1} = b_m` over the :math:`k - 1` past values (:math:`m < k`; order 2
+    takes :math:`a = 1/2`, as UniPC does), and the corrector the same system with the new value as
+    well (:math:`m \le k`; order 1 takes :math:`1/2`); the weight of a difference is
+    :math:`a_j / r_j`.
+    """
+    b1, b2, b3 = _unipc_b(h)
+    rk1, rk2 = -h1 / h, -(h1 + h2) / h
+    # Predictor.
+    p1_2 = _safe_div(0.5, rk1)
+    a1, a2 = _solve2(1.0, 1.0, rk1, rk2, b1, b2)
+    p1 = jnp.select([k == 2, k == 3], [p1_2, _safe_div(a1, rk1)], 0.0)
+    p2 = jnp.where(k == 3, _safe_div(a2, rk2), 0.0)
+    # Corrector, order 2: [[1, 1], [rk1, 1]] (a1, a0) = (b1, b2).
+    c1_2, c0_2 = _solve2(1.0, 1.0, rk1, 1.0, b1, b2)
+    # Order 3: [[1, 1, 1], [rk1, rk2, 1], [rk1^2, rk2^2, 1]] (a1, a2, a0) = (b1, b2, b3);
+    # subtracting the first row from the others leaves two equations in (a1, a2), and
+    # a0 = b1 - a1 - a2.
+    c1_3, c2_3 = _solve2(rk1 - 1.0, rk2 - 1.0, rk1**2 - 1.0, rk2**2 - 1.0, b2 - b1, b3 - b1)
+    c0_3 = b1 - c1_3 - c2_3
+    q0 = jnp.select([k == 1, k == 2, k == 3], [0.5, c0_2, c0_3])
+    q1 = jnp.select([k == 2, k == 3], [_safe_div(c1_2, rk1), _safe_div(c1_3, rk1)], 0.0)
+    q2 = jnp.where(k == 3, _safe_div(c2_3, rk2), 0.0)
+    return (p1, p2), (q0, q1, q2)
+
+
+def _check_order(order) -> int:
+    if order not in (1, 2, 3) or isinstance(order, bool):
+        raise ValueError(f"`order` must be 1, 2 or 3; got {order!r}.")
+    return order
+
+
+def dpm_solver_3m_sample(
+    key: Array,
+    score_fn: ScoreFn,
+    sde: SDE,
+    shape: tuple[int, ...],
+    *,
+    num_steps: int = 20,
+    order: int = 3,
+    lower_order_final: bool = True,
+    rho: float = 7.0,
+    schedule: str = "logsnr",
+    eps: float | None = None,
+) -> tuple[Array, Array]:
+    r"""Multistep DPM-Solver++ of order up to 3 (Lu et al. 2022, "DPM-Solver++", the multistep
+    third-order update), for VE, VP and sub-VP.
+
+    With :math:`D_i = D(y_i; s_i)`, :math:`h_i = \log(s_i/s_{i+1})`, :math:`r = e^{-h_i}`,
+    :math:`r_0 = h_{i-1}/h_i`, :math:`r_1 = h_{i-2}/h_i`, the step of order 3 is
+
+    .. math:: y_{i+1} = r\,y_i + (1 - r) D_i + \varphi_2 D^{(1)} - \varphi_3 D^{(2)},
+
+    :math:`\varphi_2 = (e^{-h} - 1)/h + 1`, :math:`\varphi_3 = \varphi_2/h - 1/2`,
+    :math:`D^{(1)}_0 = (D_i - D_{i-1})/r_0`, :math:`D^{(1)}_1 = (D_{i-1} - D_{i-2})/r_1`,
+    :math:`D^{(1)} = D^{(1)}_0 + \tfrac{r_0}{r_0 + r_1}(D^{(1)}_0 - D^{(1)}_1)`,
+    :math:`D^{(2)} = (D^{(1)}_0 - D^{(1)}_1)/(r_0 + r_1)`; order 2 is
+    :func:`dpm_solver_2m_sample`'s update and order 1 DDIM's. Step :math:`i` (from 0) uses order
+    :math:`\min(\text{order}, i + 1)`, and with ``lower_order_final`` also at most :math:`n - i`
+    (the last steps before the denoising step are of lower order, which the reference solver
+    recommends for few steps). The last step, to :math:`s = 0`, is the denoising step
+    :math:`y \leftarrow D(y; s_{\min})`.
+
+    Args:
+        key: PRNG key for the prior sample.
+        score_fn: ``score_fn(x, t) -> score``.
+        sde: a VESDE, VPSDE or SubVPSDE.
+        shape: ``(B, *event)``.
+        num_steps: :math:`n \ge 2` steps, one score evaluation each.
+        order: 1, 2 or 3.
+        lower_order_final: lower the order of the final steps (above).
+        rho: the exponent of the ``edm`` schedule.
+        schedule: the noise levels, a key of :data:`SCHEDULES` (default ``logsnr``, the
+            reference solver's).
+        eps: the smallest nonzero time; defaults to ``sde.sampling_eps``.
+
+    Returns:
+        ``(samples [B, *event], nfe)``, ``nfe = num_steps`` (int32).
+    """
+    shape, eps, n, rho = _prepare(sde, shape, eps, num_steps, rho)
+    return _multistep_sample(
+        key,
+        sde,
+        n,
+        eps,
+        rho,
+        jnp.asarray(_check_order(order), jnp.int32),
+        jnp.asarray(_check_bool("lower_order_final", lower_order_final)),
+        score_fn=score_fn,
+        shape=shape,
+        schedule=_check_schedule(schedule),
+        unipc=False,
+    )
+
+
+def unipc_sample(
+    key: Array,
+    score_fn: ScoreFn,
+    sde: SDE,
+    shape: tuple[int, ...],
+    *,
+    num_steps: int = 20,
+    order: int = 3,
+    lower_order_final: bool = True,
+    rho: float = 7.0,
+    schedule: str = "logsnr",
+    eps: float | None = None,
+) -> tuple[Array, Array]:
+    r"""UniPC (Zhao et al. 2023, "UniPC: A unified predictor-corrector framework for fast sampling
+    of diffusion models"), the multistep UniP predictor with the UniC corrector, variant bh2
+    (:math:`B(h) = e^{h} - 1`), data prediction, for VE, VP and sub-VP.
+
+    Step :math:`i` predicts :math:`\tilde y_{i+1} = r y_i + (1 - r)\big(D_i + \sum_j a_j
+    (D_{i-j} - D_i)/r_j\big)` from the past denoiser values (order :math:`k_i`), evaluates
+    :math:`D_{i+1} = D(\tilde y_{i+1}; s_{i+1})` there, and corrects with it:
+    :math:`y_{i+1} = r y_i + (1 - r)\big(D_i + \sum_j c_j (D_{i-j} - D_i)/r_j + c_0 (D_{i+1} -
+    D_i)\big)` (coefficients from the linear systems of the paper's Algorithms 2 and 3; see
+    :func:`_unipc_coefs`). :math:`D_{i+1}` is then reused by the next step, so the corrector costs
+    no evaluation. The order is :math:`k_i = \min(\text{order}, i + 1)`, with
+    ``lower_order_final`` at most :math:`n - i`. The last step, to :math:`s = 0`, returns the
+    denoiser value at the last predicted point (uncorrected: a correction would need one more
+    evaluation, as in the reference, whose last step has no corrector).
+
+    Args:
+        key: PRNG key for the prior sample.
+        score_fn: ``score_fn(x, t) -> score``.
+        sde: a VESDE, VPSDE or SubVPSDE.
+        shape: ``(B, *event)``.
+        num_steps: :math:`n \ge 2` steps, one score evaluation each.
+        order: the predictor's order, 1, 2 or 3 (the corrector's is one more).
+        lower_order_final: lower the order of the final steps.
+        rho: the exponent of the ``edm`` schedule.
+        schedule: the noise levels, a key of :data:`SCHEDULES` (default ``logsnr``).
+        eps: the smallest nonzero time; defaults to ``sde.sampling_eps``.
+
+    Returns:
+        ``(samples [B, *event], nfe)``, ``nfe = num_steps`` (int32).
+    """
+    shape, eps, n, rho = _prepare(sde, shape, eps, num_steps, rho)
+    return _multistep_sample(
+        key,
+        sde,
+        n,
+        eps,
+        rho,
+        jnp.asarray(_check_order(order), jnp.int32),
+        jnp.asarray(_check_bool("lower_order_final", lower_order_final)),
+        score_fn=score_fn,
+        shape=shape,
+        schedule=_check_schedule(schedule),
+        unipc=True,
+    )
+
+
+def _check_bool(name, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"`{name}` must be a bool; got {value!r}.")
+    return value
+
+
+@functools.partial(jax.jit, static_argnames=("score_fn", "shape", "schedule", "unipc"))
+def _multistep_sample(
+    key, sde, n, eps, rho, order, lower_order_final, *, score_fn, shape, schedule, unipc
+):
+    grid = _Grid(sde, n, eps, rho, schedule)
+    denoise = functools.partial(denoiser, sde, score_fn)
+    y = _prior(sde, key, shape)
+    zero, zeros = jnp.zeros((), y.dtype), jnp.zeros_like(y)
+
+    def dpm_step(i, carry):
+        # d1, d2: D at steps i-1, i-2; h1, h2: the log-ratios of those steps.
+        y, d1, d2, h1, h2 = carry
+        s, s_next = grid.level(i), grid.level(i + 1)
+        d0 = denoise(y, s)
+        h = jnp.log(s / s_next)
+        c1, c2 = _dpm_3m_coefs(h, h1, h2, _step_order(i, n, order, lower_order_final))
+        ratio = s_next / s
+        y_next = ratio * y + (1.0 - ratio) * d0 + c1 * (d0 - d1) + c2 * (d1 - d2)
+        return y_next, d0, d1, h, h1
+
+    def unipc_step(i, carry):
+        # d0: D at step i (at its predicted point), d1, d2 at steps i-1, i-2.
+        y, d0, d1, d2, h1, h2 = carry
+        s, s_next = grid.level(i), grid.level(i + 1)
+        h = jnp.log(s / s_next)
+        ratio = s_next / s
+        (p1, p2), (q0, q1, q2) = _unipc_coefs(
+            h, h1, h2, _step_order(i, n, order, lower_order_final)
+        )
+        base = ratio * y + (1.0 - ratio) * d0
+        y_pred = base + (1.0 - ratio) * (p1 * (d1 - d0) + p2 * (d2 - d0))
+        d_new = denoise(y_pred, s_next)
+        y_next = base + (1.0 - ratio) * (q1 * (d1 - d0) + q2 * (d2 - d0) + q0 * (d_new - d0))
+        return y_next, d_new, d0, d1, h, h1
+
+    if not unipc:
+        y, *_ = jax.lax.fori_loop(0, n - 1, dpm_step, (y, zeros, zeros, zero, zero))
+        return denoise(y, grid.s_min), n.astype(jnp.int32)
+    carry = (y, denoise(y, grid.level(0)), zeros, zeros, zero, zero)
+    _, d, *_ = jax.lax.fori_loop(0, n - 1, unipc_step, carry)
+    # d was evaluated at the last predicted point, at s_{n-1} = s_min: it is D(y; s_min) there.
+    return d, n.astype(jnp.int32)
+
+
+# ---------------------------------------------------------------------------------------------
 # DDIM.
 
 
@@ -373,6 +698,7 @@ def ddim_sample(
     num_steps: int = 50,
     eta: float = 0.0,
     rho: float = 7.0,
+    schedule: str = "edm",
     eps: float | None = None,
 ) -> tuple[Array, Array]:
     r"""DDIM (Song, Meng & Ermon 2021, eq. 12) on the EDM schedule, for VE, VP and sub-VP.
@@ -396,6 +722,7 @@ def ddim_sample(
         num_steps: :math:`n \ge 2` steps, one score evaluation each.
         eta: :math:`\eta \in [0, 1]`.
         rho: the schedule's exponent.
+        schedule: the noise levels, a key of :data:`SCHEDULES` (:func:`schedule_level`).
         eps: the smallest nonzero time; defaults to ``sde.sampling_eps``.
 
     Returns:
@@ -405,14 +732,22 @@ def ddim_sample(
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"`eta` must lie in [0, 1]; got {eta!r}.")
     return _ddim_sample(
-        key, sde, n, eps, rho, jnp.asarray(eta, jnp.float32), score_fn=score_fn, shape=shape
+        key,
+        sde,
+        n,
+        eps,
+        rho,
+        jnp.asarray(eta, jnp.float32),
+        score_fn=score_fn,
+        shape=shape,
+        schedule=_check_schedule(schedule),
     )
 
 
-@functools.partial(jax.jit, static_argnames=("score_fn", "shape"))
-def _ddim_sample(key, sde, n, eps, rho, eta, *, score_fn, shape):
+@functools.partial(jax.jit, static_argnames=("score_fn", "shape", "schedule"))
+def _ddim_sample(key, sde, n, eps, rho, eta, *, score_fn, shape, schedule):
     k_prior, k_loop = jax.random.split(key)
-    grid = _Grid(sde, n, eps, rho)
+    grid = _Grid(sde, n, eps, rho, schedule)
     y = _prior(sde, k_prior, shape)
 
     def step(i, y):

@@ -46,6 +46,10 @@ def sampler_options(cfg: SamplingConfig) -> dict[str, Any]:
             options.update(num_steps=cfg.num_steps, rho=cfg.rho)
         return dict(options, denoise=cfg.noise_removal)
     options = dict(num_steps=cfg.num_steps, rho=cfg.rho)
+    if cfg.schedule:
+        options.update(schedule=cfg.schedule)
+    if method in ("dpm_solver_3m", "unipc"):
+        options.update(order=cfg.order, lower_order_final=cfg.lower_order_final)
     if method == "edm_stochastic":
         options.update(
             s_churn=cfg.s_churn, s_tmin=cfg.s_tmin, s_tmax=cfg.s_tmax, s_noise=cfg.s_noise

@@ -30,8 +30,9 @@ With ``denoise=True`` the sample returned is the mean of the last update, withou
 is Tweedie's denoising step at :math:`t = \epsilon` for ``reverse_diffusion``.
 
 :func:`sample` is one entry point for these and the few-step samplers of
-:mod:`sde_jax.fast_sampling` (EDM Heun, DPM-Solver++(2M), DDIM): ``sample(key, score_fn, sde,
-shape, method=..., **options)`` with ``method`` a key of :data:`METHODS`.
+:mod:`sde_jax.fast_sampling` (EDM Heun, DPM-Solver++(2M) and (3M), UniPC, DDIM):
+``sample(key, score_fn, sde, shape, method=..., **options)`` with ``method`` a key of
+:data:`METHODS`.
 """
 
 from __future__ import annotations
@@ -516,6 +517,8 @@ METHODS: dict[str, Callable] = {
     "edm_heun": fast_sampling.edm_heun_sample,
     "edm_stochastic": fast_sampling.edm_stochastic_sample,
     "dpm_solver_2m": fast_sampling.dpm_solver_2m_sample,
+    "dpm_solver_3m": fast_sampling.dpm_solver_3m_sample,
+    "unipc": fast_sampling.unipc_sample,
     "ddim": fast_sampling.ddim_sample,
 }
 
@@ -548,12 +551,17 @@ def sample(
     ``edm_heun``                  Karras et al. 2022, Algorithm 1              ``2n - 1``
     ``edm_stochastic``            Karras et al. 2022, Algorithm 2              ``2n - 1``
     ``dpm_solver_2m``             Lu et al. 2022 (DPM-Solver++), Algorithm 2   ``n``
+    ``dpm_solver_3m``             Lu et al. 2022 (DPM-Solver++), multistep,    ``n``
+                                  order up to 3 (``order``)
+    ``unipc``                     Zhao et al. 2023 (UniPC, bh2, UniP + UniC)   ``n``
     ``ddim``                      Song, Meng & Ermon 2021, eq. 12 (``eta``)    ``n``
     ============================  ===========================================  =====================
 
     Every method works for VE, VP and sub-VP SDEs (except ``pc`` with
     ``predictor="ancestral_sampling"``, VE and VP only) and any event shape, and runs as one
-    compiled program.
+    compiled program. The few-step methods take a ``schedule`` of noise levels
+    (:data:`sde_jax.fast_sampling.SCHEDULES`: ``edm``, ``logsnr``, ``time_uniform``,
+    ``time_quadratic``; :func:`sde_jax.fast_sampling.schedule_level`).
 
     Args:
         key: PRNG key.
