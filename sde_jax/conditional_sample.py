@@ -20,6 +20,10 @@ Inputs (``config.sampling``):
 Outputs go to ``<workdir>/samples/step_<step>/<task>/``: ``grid.png`` (inpainting and
 colorization: a row of inputs, a row of masked or gray inputs, then one row per completion) and
 ``samples.npz`` (uint8 ``images``, ``inputs`` and ``mask`` or ``labels``, and the ``nfe``).
+
+The rows to sample (every completion of every input, or every requested label) run in rounds of at
+most ``config.sampling.batch_size``, each round one compiled program whose batch axis is split over
+every device; round ``r`` uses the key ``fold_in(key, r)``.
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ import glob
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from sde_jax import controllable
 from sde_jax.config import Experiment
@@ -204,6 +208,39 @@ def _pc_kwargs(exp: Experiment) -> dict:
     )
 
 
+def _in_rounds(fn, params, key, rows: np.ndarray, batch_size: int) -> tuple[np.ndarray, int]:
+    """``fn(params, key, rows [b, ...]) -> (samples [b, *event], nfe)`` over all ``rows`` in rounds.
+
+    The round size is ``batch_size``, or less when fewer rows are asked for (rounded up to a
+    multiple of the device count); the last round is padded with copies of the last row, whose
+    samples are dropped. Returns the samples ``[len(rows), *event]`` (on the host) and the NFE.
+    """
+    from sde_jax.train import make_mesh
+
+    mesh = make_mesh()
+    if batch_size % mesh.size:
+        raise ValueError(
+            f"config.sampling.batch_size ({batch_size}) must be divisible by the number of "
+            f"devices ({mesh.size})"
+        )
+    n = len(rows)
+    size = min(batch_size, -(-n // mesh.size) * mesh.size)
+    rounds = -(-n // size)
+    pad = rounds * size - n
+    if pad:
+        rows = np.concatenate([rows, np.repeat(rows[-1:], pad, axis=0)])
+    replicated = NamedSharding(mesh, PartitionSpec())
+    split = NamedSharding(mesh, PartitionSpec("data"))
+    jitted = jax.jit(
+        fn, in_shardings=(replicated, replicated, split), out_shardings=(split, replicated)
+    )
+    outs, nfe = [], 0
+    for r in range(rounds):
+        x, nfe = jitted(params, jax.random.fold_in(key, r), rows[r * size : (r + 1) * size])
+        outs.append(np.asarray(jax.device_get(x)))
+    return np.concatenate(outs)[:n], int(nfe)
+
+
 def run_task(exp: Experiment, workdir: str, *, step: int | None = None) -> str:
     """Runs ``config.sampling.task`` with the EMA weights of the newest (or ``step``'s) checkpoint
     and writes the grid and the arrays; returns the output directory."""
@@ -256,14 +293,13 @@ def run_task(exp: Experiment, workdir: str, *, step: int | None = None) -> str:
             log_prob_fn, classifier_classes = load_classifier(cfg.classifier_workdir, exp)
             num_classes = classifier_classes
         _check_class_label(cfg.class_label, num_classes)
-        shape = (cfg.num_samples, *image_shape)
         if cfg.class_label == -1:  # Every class in turn: column c of the grid is class c.
             labels = np.arange(cfg.num_samples, dtype=np.int32) % num_classes
         else:
             labels = np.full((cfg.num_samples,), cfg.class_label, np.int32)
 
-        @jax.jit
-        def run(params, key):
+        def run(params, key, labels):
+            shape = (labels.shape[0], *image_shape)
             if log_prob_fn is None:
                 cond = lambda x, t, y: score({"params": params}, x, t, class_labels=y)
                 guided = controllable.classifier_free_guidance(
@@ -283,7 +319,7 @@ def run_task(exp: Experiment, workdir: str, *, step: int | None = None) -> str:
                 num_classes=num_classes, denoise=cfg.noise_removal, **_pc_kwargs(exp),
             )  # fmt: skip
 
-        x, nfe = run(params, key)
+        x, nfe = _in_rounds(run, params, key, labels, cfg.batch_size)
         samples = np.clip(np.asarray(inverse(x)), 0.0, 1.0)
         ncol = num_classes if cfg.class_label == -1 else None
         grid = image_grid(_enlarge(samples), ncol=ncol)
@@ -306,14 +342,13 @@ def run_task(exp: Experiment, workdir: str, *, step: int | None = None) -> str:
             **_pc_kwargs(exp),
         )
 
-        @jax.jit
         def run(params, key, observed):
             score_fn = lambda x, t: score({"params": params}, x, t)
             if task == "inpaint":
                 return sampler(key, score_fn, sde, observed, mask)
             return sampler(key, score_fn, sde, observed, image_shape[2])
 
-        x, nfe = run(params, key, jnp.asarray(observed, jnp.float32))
+        x, nfe = _in_rounds(run, params, key, np.asarray(observed, np.float32), cfg.batch_size)
         samples = np.clip(np.asarray(inverse(x)), 0.0, 1.0)
         # Rows: inputs, masked (or gray) inputs, then completion j of every input.
         inputs = (

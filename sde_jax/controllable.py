@@ -416,6 +416,15 @@ def null_label_score_fn(cond_score_fn: Callable, num_classes: int) -> CondScoreF
 
 
 def _check_labels(class_labels, batch: int, num_classes: int | None) -> Array:
+    if isinstance(class_labels, jax.core.Tracer):
+        # Labels traced by an enclosing jit (e.g. one compiled program for every round of a
+        # sampling run) have no values to check here; their caller checks them on the host.
+        if class_labels.shape != (batch,) or not jnp.issubdtype(class_labels.dtype, jnp.integer):
+            raise ValueError(
+                f"`class_labels` must be ints of shape [B] = [{batch}]; got "
+                f"{class_labels.dtype} {class_labels.shape}."
+            )
+        return class_labels.astype(jnp.int32)
     labels = np.asarray(class_labels)
     if labels.ndim == 0:
         labels = np.full((batch,), labels)

@@ -167,8 +167,9 @@ def test_tasks_end_to_end(tmp_path):
     workdir = str(tmp_path / "cfg")
     train(exp, workdir)
 
+    # 6 rows in rounds of 4: the second round is padded.
     inpaint = dataclasses_sampling(
-        exp, task="inpaint", input="eval", num_samples=3, num_completions=2
+        exp, task="inpaint", input="eval", num_samples=3, num_completions=2, batch_size=4
     )
     out = run_task(inpaint, workdir)
     with np.load(f"{out}/samples.npz") as f:
@@ -237,6 +238,27 @@ def test_colorize_end_to_end(tmp_path):
     np.testing.assert_array_equal(inputs, np.stack([np.asarray(Image.open(f)) for f in files]))
     grid = np.asarray(Image.open(f"{out}/grid.png"))
     assert grid.shape == (4 * (32 + 2) + 2, 3 * (32 + 2) + 2, 3)  # 4 rows of 3, enlarged 4x.
+
+
+def test_rows_run_in_rounds_with_one_key_per_round():
+    from sde_jax.conditional_sample import _in_rounds
+
+    def fn(params, key, rows):
+        noise = jax.random.uniform(key, (rows.shape[0],))
+        return rows * params + noise[:, None], 7
+
+    rows = np.arange(10, dtype=np.float32)[:, None].repeat(2, axis=1)
+    key = jax.random.key(0)
+    out, nfe = _in_rounds(fn, 2.0, key, rows, batch_size=4)
+    assert out.shape == (10, 2) and nfe == 7
+    for r in range(3):  # Rounds of 4, 4 and 2 (padded to 4) rows, each with its own key.
+        noise = np.asarray(jax.random.uniform(jax.random.fold_in(key, r), (4,)))
+        expect = 2.0 * rows[4 * r : 4 * r + 4] + noise[: len(rows[4 * r : 4 * r + 4]), None]
+        np.testing.assert_allclose(out[4 * r : 4 * r + 4], expect, rtol=1e-6)
+    # Fewer rows than a round: one round of just those rows.
+    out, _ = _in_rounds(fn, 1.0, key, rows[:3], batch_size=64)
+    noise = np.asarray(jax.random.uniform(jax.random.fold_in(key, 0), (3,)))
+    np.testing.assert_allclose(out, rows[:3] + noise[:, None], rtol=1e-6)
 
 
 def test_classifier_log_probs_are_normalized_and_noise_dependent():
