@@ -326,7 +326,11 @@ def test_loop_runs_on_device(method):
 @pytest.mark.parametrize(
     "method, kwargs, match",
     [
-        ("heun2", {}, r"`method` must be one of \['ddim', 'dpm_solver_2m', 'edm_heun'"),
+        (
+            "heun2",
+            {},
+            r"`method` must be one of \['ddim', 'dpm_solver_2m', 'dpm_solver_3m', 'edm_heun'",
+        ),
         ("ddim", dict(s_churn=1.0), r"method 'ddim' takes no option\(s\) \['s_churn'\]"),
         ("pc", dict(num_steps=10), r"method 'pc' takes no option\(s\) \['num_steps'\]"),
         ("edm_heun", dict(num_steps=1), "`num_steps` must be an int >= 2"),
