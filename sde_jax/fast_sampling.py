@@ -1,4 +1,5 @@
-r"""Few-step samplers: EDM Heun (deterministic and stochastic), DPM-Solver++ (2M) and DDIM.
+r"""Few-step samplers: EDM Heun (deterministic and stochastic), DPM-Solver++ (2M and 3M), UniPC
+and DDIM.
 
 Every SDE of the paper has Gaussian marginals :math:`x_t = \alpha(t)\,x_0 + \sigma(t)\,n` with
 :math:`(\alpha, \sigma)` = ``sde.marginal_coefs(t)`` (VE: :math:`\alpha = 1`; VP:
@@ -15,7 +16,7 @@ with :math:`t = t(s)` the inverse of :math:`s(t)` (closed form for each SDE, :fu
 samplers here work on :math:`(y, s)` with the denoiser :math:`D` built from ``score_fn``, so each is
 defined for VE, VP and sub-VP alike; only :math:`s(t)` and its inverse depend on the SDE.
 
-Noise levels follow the EDM schedule (Karras et al. 2022, eq. 5)
+By default (``schedule="edm"``) noise levels follow the EDM schedule (Karras et al. 2022, eq. 5)
 
 .. math:: s_i = \big(s_{\max}^{1/\rho} + \tfrac{i}{n-1}(s_{\min}^{1/\rho} - s_{\max}^{1/\rho})\big)^\rho,
           \quad i = 0, \dots, n - 1, \qquad s_n = 0,
@@ -24,6 +25,9 @@ with :math:`s_{\max} = s(T)` and :math:`s_{\min} = s(\epsilon)`; ``num_steps`` :
 go from :math:`s_0` to :math:`s_n = 0`. The last step, from :math:`s_{\min}` to 0, is
 :math:`y \leftarrow D(y; s_{\min})`, Tweedie's denoising step (the ``denoise`` of the PC and ODE
 samplers), for every method. Since :math:`\alpha(0) = 1`, the result is a sample of :math:`x_0`.
+Every method also takes the other schedules of :func:`schedule_level` (``logsnr``: uniform in
+:math:`\lambda = -\log s`, the default of the DPM-Solver++(3M) and UniPC samplers;
+``time_uniform``; ``time_quadratic``).
 
 Methods and their score evaluations (NFE) per sample:
 
@@ -34,13 +38,17 @@ Methods and their score evaluations (NFE) per sample:
 - :func:`dpm_solver_2m_sample`: DPM-Solver++(2M), the second-order multistep solver of the
   data-prediction ODE (Lu et al. 2022, "DPM-Solver++: Fast solver for guided sampling of diffusion
   probabilistic models", Algorithm 2), first order in its first and last steps; :math:`n` NFE.
+- :func:`dpm_solver_3m_sample`: multistep DPM-Solver++ of order up to 3 (Lu et al. 2022);
+  :math:`n` NFE.
+- :func:`unipc_sample`: UniPC (Zhao et al. 2023), the bh2 predictor-corrector whose corrector
+  reuses the next step's evaluation; :math:`n` NFE.
 - :func:`ddim_sample`: DDIM (Song, Meng & Ermon 2021, "Denoising diffusion implicit models", eq. 12)
   with stochasticity :math:`\eta` (0: deterministic, the Euler step of the ODE above; 1: the
   ancestral step of the posterior :math:`q(x_{t'} \mid x_t, x_0)`); :math:`n` NFE.
 
-Each sampler is one compiled program (jitted with the score function and the shape static); the
-number of steps, :math:`\epsilon` and the method's constants are traced, so a new step budget
-does not compile again. The loop over steps is a :func:`jax.lax.fori_loop` on the device.
+Each sampler is one compiled program (jitted with the score function, the shape and the schedule's
+name static); the number of steps, :math:`\epsilon` and the method's constants are traced, so a new
+step budget does not compile again. The loop over steps is a :func:`jax.lax.fori_loop` on the device.
 """
 
 from __future__ import annotations
@@ -480,8 +488,9 @@ def _unipc_coefs(h, h1, h2, k):
     :math:`D_{i-2} - D_i` (predictor: ``p1, p2``; corrector: ``q1, q2``) and
     :math:`D_{i+1} - D_i` (corrector: ``q0``), each multiplying :math:`(1 - r)`.
 
-    With :math:`r_j = (\lambda_{i-j} - \lambda_i)/h` (:math:`-h_{i-1}/h` and :math:`-(h_{i-1} + h_{i-2})/h`) the relative positions of the past
-    values and :math:`r = 1` the new one, the predictor of order :math:`k` solves
+    With :math:`r_1 = -h_{i-1}/h` and :math:`r_2 = -(h_{i-1} + h_{i-2})/h` (that is,
+    :math:`r_j = (\lambda_{i-j} - \lambda_i)/h`) the relative positions of the past values and
+    :math:`r = 1` the new one, the predictor of order :math:`k` solves
     :math:`\sum_j a_j r_j^{m-1} = b_m` over the :math:`k - 1` past values (:math:`m < k`; order 2
     takes :math:`a = 1/2`, as UniPC does), and the corrector the same system with the new value as
     well (:math:`m \le k`; order 1 takes :math:`1/2`); the weight of a difference is
