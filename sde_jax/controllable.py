@@ -54,6 +54,7 @@ from sde_jax.sampling import (
     _check_shape,
     _choice,
     denoise_step,
+    pc_loop,
     pc_nfe,
     solve_ode,
 )
@@ -513,22 +514,11 @@ def _guided_pc(
     key, sde, labels, scale, snr, eps, *, guided_score_fn, shape, predictor, corrector, n_steps,
     denoise, probability_flow,
 ):  # fmt: skip
-    predict = PREDICTORS[predictor]
-    correct = CORRECTORS[corrector]
     score_fn = lambda x, t: guided_score_fn(x, t, labels, scale)
-    k_prior, k_loop = jax.random.split(key)
-    x = sde.prior_sampling(k_prior, shape)
-    times = jnp.linspace(sde.T, eps, sde.N)
-
-    def body(i, carry):
-        x, _ = carry
-        t = jnp.full((shape[0],), times[i])
-        k_corr, k_pred = jax.random.split(jax.random.fold_in(k_loop, i))
-        x, _ = correct(k_corr, sde, score_fn, x, t, snr, n_steps)
-        return predict(k_pred, sde, score_fn, x, t, probability_flow)
-
-    x, x_mean = jax.lax.fori_loop(0, sde.N, body, (x, x))
-    return x_mean if denoise else x
+    return pc_loop(
+        key, sde, score_fn, snr, eps, shape=shape, predictor=predictor, corrector=corrector,
+        n_steps=n_steps, denoise=denoise, probability_flow=probability_flow,
+    )  # fmt: skip
 
 
 def guided_ode_sample(

@@ -569,20 +569,10 @@ def dpm_solver_3m_sample(
     Returns:
         ``(samples [B, *event], nfe)``, ``nfe = num_steps`` (int32).
     """
-    shape, eps, n, rho = _prepare(sde, shape, eps, num_steps, rho)
-    return _multistep_sample(
-        key,
-        sde,
-        n,
-        eps,
-        rho,
-        jnp.asarray(_check_order(order), jnp.int32),
-        jnp.asarray(_check_bool("lower_order_final", lower_order_final)),
-        score_fn=score_fn,
-        shape=shape,
-        schedule=_check_schedule(schedule),
+    return _multistep(
+        key, score_fn, sde, shape, num_steps, order, lower_order_final, rho, schedule, eps,
         unipc=False,
-    )
+    )  # fmt: skip
 
 
 def unipc_sample(
@@ -628,6 +618,17 @@ def unipc_sample(
     Returns:
         ``(samples [B, *event], nfe)``, ``nfe = num_steps`` (int32).
     """
+    return _multistep(
+        key, score_fn, sde, shape, num_steps, order, lower_order_final, rho, schedule, eps,
+        unipc=True,
+    )  # fmt: skip
+
+
+def _multistep(
+    key, score_fn, sde, shape, num_steps, order, lower_order_final, rho, schedule, eps, *, unipc
+):
+    """Checks the arguments of :func:`dpm_solver_3m_sample` / :func:`unipc_sample` and runs
+    their shared compiled loop."""
     shape, eps, n, rho = _prepare(sde, shape, eps, num_steps, rho)
     return _multistep_sample(
         key,
@@ -640,7 +641,7 @@ def unipc_sample(
         score_fn=score_fn,
         shape=shape,
         schedule=_check_schedule(schedule),
-        unipc=True,
+        unipc=unipc,
     )
 
 

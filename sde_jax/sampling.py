@@ -279,6 +279,17 @@ def pc_sample(
 def _pc_sample(
     key, sde, snr, eps, *, score_fn, shape, predictor, corrector, n_steps, denoise, probability_flow
 ):
+    return pc_loop(
+        key, sde, score_fn, snr, eps, shape=shape, predictor=predictor, corrector=corrector,
+        n_steps=n_steps, denoise=denoise, probability_flow=probability_flow,
+    )  # fmt: skip
+
+
+def pc_loop(
+    key, sde, score_fn, snr, eps, *, shape, predictor, corrector, n_steps, denoise, probability_flow
+):
+    """The traced body of :func:`pc_sample` (checked arguments, no jit of its own), for samplers
+    that run it under their own jit, e.g. with a score closing over traced labels."""
     predict = PREDICTORS[predictor]
     correct = CORRECTORS[corrector]
     k_prior, k_loop = jax.random.split(key)
