@@ -47,3 +47,30 @@ def energy_distance(x: jax.Array, y: jax.Array) -> float:
         return jnp.mean(jnp.sqrt(jnp.maximum(d2, 0.0)))
 
     return float(2 * mean_dist(x, y) - mean_dist(x, x) - mean_dist(y, y))
+
+
+def sample_stats(gm: GaussianMixture, x: jax.Array, reference: jax.Array) -> np.ndarray:
+    """Energy distance to a reference set, and distances of the first two moments to the truth."""
+    xf = jnp.reshape(x, (x.shape[0], -1))
+    mean_err = float(jnp.linalg.norm(jnp.mean(xf, 0) - jnp.reshape(gm.mean(), -1)))
+    cov_err = float(jnp.linalg.norm(jnp.cov(xf.T) - gm.covariance()))
+    return np.array([energy_distance(x, reference), mean_err, cov_err])
+
+
+def exact_sample_bound(
+    gm: GaussianMixture, n_samples: int, reps: int, null_seed: int
+) -> tuple[jax.Array, np.ndarray]:
+    """A reference set of exact samples, and the acceptance bound of :func:`sample_stats`.
+
+    The bound is the mean plus four standard deviations, per statistic, of the statistics between
+    ``reps`` independent exact sets (keys ``null_seed + i``) and the reference: an exact sampler
+    exceeds it rarely, while a biased one (e.g. too few corrector steps) exceeds it by far.
+    """
+    reference = gm.sample(jax.random.key(10_000), n_samples)
+    null = np.stack(
+        [
+            sample_stats(gm, gm.sample(jax.random.key(null_seed + i), n_samples), reference)
+            for i in range(reps)
+        ]
+    )
+    return reference, null.mean(0) + 4 * null.std(0, ddof=1)

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from gaussians import energy_distance, image_gaussian_diag, mixture_2d
+from gaussians import exact_sample_bound, image_gaussian_diag, mixture_2d, sample_stats
 from hlo import loop_bodies_and_host_ops
 
 from sde_jax import fast_sampling, sampling
@@ -38,27 +38,12 @@ CASES = {
 }
 
 
-def _stats(gm, x, reference):
-    """Energy distance to a reference set, and distances of the first two moments to the truth."""
-    xf = jnp.reshape(x, (x.shape[0], -1))
-    mean_err = float(jnp.linalg.norm(jnp.mean(xf, 0) - jnp.reshape(gm.mean(), -1)))
-    cov_err = float(jnp.linalg.norm(jnp.cov(xf.T) - gm.covariance()))
-    return np.array([energy_distance(x, reference), mean_err, cov_err])
-
-
 @functools.cache
 def _null(target):
-    """The statistics between independent exact sample sets: the acceptance bound is their mean
-    plus four standard deviations, per statistic (as in test_sampling.py)."""
+    """The exact distribution, a reference set and the acceptance bound (see
+    :func:`gaussians.exact_sample_bound`)."""
     gm = {"mixture_2d": mixture_2d, "image": image_gaussian_diag}[target]()
-    reference = gm.sample(jax.random.key(10_000), N_SAMPLES)
-    null = np.stack(
-        [
-            _stats(gm, gm.sample(jax.random.key(30_000 + i), N_SAMPLES), reference)
-            for i in range(NULL_REPS)
-        ]
-    )
-    return gm, reference, null.mean(0) + 4 * null.std(0, ddof=1)
+    return gm, *exact_sample_bound(gm, N_SAMPLES, NULL_REPS, null_seed=30_000)
 
 
 def _expected_nfe(method, options, n):
@@ -88,7 +73,7 @@ def test_converges_to_exact_mixture_as_nfe_grows(sde_name, case):
         )
         assert x.shape == (N_SAMPLES, 2) and bool(jnp.all(jnp.isfinite(x)))
         assert nfe.dtype == jnp.int32 and int(nfe) == _expected_nfe(method, options, n)
-        results.append(_stats(gm, x, reference))
+        results.append(sample_stats(gm, x, reference))
     ed = [r[0] for r in results]
     assert ed[0] > ed[1] > bound[0], f"energy distances {ed} do not decrease from above {bound[0]}"
     names = ("energy distance", "|mean error|", "|covariance error|_F")
@@ -113,7 +98,7 @@ def test_matches_exact_image_gaussian(sde_name, case):
         **options,
     )
     assert x.shape == (N_SAMPLES, *gm.event_shape)
-    stats = _stats(gm, x, reference)
+    stats = sample_stats(gm, x, reference)
     assert np.all(stats <= bound), f"stats {stats} exceed the bound {bound}"
 
 

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from gaussians import energy_distance, image_gaussian_diag, mixture_2d
+from gaussians import exact_sample_bound, image_gaussian_diag, mixture_2d, sample_stats
 from hlo import loop_bodies_and_host_ops
 
 from sde_jax import sampling
@@ -19,37 +19,19 @@ NULL_REPS = 20
 TARGETS = {"mixture_2d": mixture_2d, "image_8x8x3": image_gaussian_diag}
 
 
-def _stats(gm, x, reference):
-    """Energy distance to a reference set, and distances of the first two moments to the truth."""
-    xf = jnp.reshape(x, (x.shape[0], -1))
-    mean_err = float(jnp.linalg.norm(jnp.mean(xf, 0) - jnp.reshape(gm.mean(), -1)))
-    cov_err = float(jnp.linalg.norm(jnp.cov(xf.T) - gm.covariance()))
-    return np.array([energy_distance(x, reference), mean_err, cov_err])
-
-
 @functools.cache
 def _null(target):
-    """The statistics between independent exact sample sets, and the acceptance bound.
-
-    The bound is the null mean plus four null standard deviations, per statistic: an exact sampler
-    exceeds it rarely, while a biased one (e.g. too few corrector steps) exceeds it by far.
-    """
+    """The exact distribution, a reference set and the acceptance bound (see
+    :func:`gaussians.exact_sample_bound`)."""
     gm = TARGETS[target]()
-    reference = gm.sample(jax.random.key(10_000), N_SAMPLES)
-    null = np.stack(
-        [
-            _stats(gm, gm.sample(jax.random.key(20_000 + i), N_SAMPLES), reference)
-            for i in range(NULL_REPS)
-        ]
-    )
-    return gm, reference, null.mean(0) + 4 * null.std(0, ddof=1)
+    return gm, *exact_sample_bound(gm, N_SAMPLES, NULL_REPS, null_seed=20_000)
 
 
 def _assert_matches_exact(target, samples):
     gm, reference, bound = _null(target)
     assert samples.shape == (N_SAMPLES, *gm.event_shape)
     assert bool(jnp.all(jnp.isfinite(samples)))
-    stats = _stats(gm, samples, reference)
+    stats = sample_stats(gm, samples, reference)
     names = ("energy distance", "|mean error|", "|covariance error|_F")
     for name, s, b in zip(names, stats, bound, strict=True):
         assert s <= b, f"{name} {s:.5f} exceeds the exact-sample spread bound {b:.5f}"
