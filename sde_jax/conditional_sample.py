@@ -38,6 +38,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from sde_jax import controllable
 from sde_jax.config import Experiment
+from sde_jax.generate import enlarge, to_uint8
 from sde_jax.summary import image_grid, write_png
 
 MASKS = ("lower_half", "upper_half", "left_half", "right_half", "center")
@@ -183,15 +184,6 @@ def _restore(exp: Experiment, workdir: str, step: int | None):
     return model, state.ema_params, int(extra["step"])
 
 
-def _enlarge(images: np.ndarray) -> np.ndarray:
-    scale = max(1, -(-32 // images.shape[1]))
-    return images.repeat(scale, axis=1).repeat(scale, axis=2)
-
-
-def _to_uint8(images) -> np.ndarray:
-    return np.clip(np.round(np.asarray(images) * 255.0), 0, 255).astype(np.uint8)
-
-
 def _pc_kwargs(exp: Experiment) -> dict:
     cfg = exp.sampling
     if cfg.method != "pc":
@@ -322,7 +314,7 @@ def run_task(exp: Experiment, workdir: str, *, step: int | None = None) -> str:
         x, nfe = _in_rounds(run, params, key, labels, cfg.batch_size)
         samples = np.clip(np.asarray(inverse(x)), 0.0, 1.0)
         ncol = num_classes if cfg.class_label == -1 else None
-        grid = image_grid(_enlarge(samples), ncol=ncol)
+        grid = image_grid(enlarge(samples), ncol=ncol)
         arrays.update(labels=labels)
         name = "all" if cfg.class_label == -1 else cfg.class_label
         out_dir += f"_class{name}_scale{cfg.guidance_scale:g}"
@@ -356,15 +348,15 @@ def run_task(exp: Experiment, workdir: str, *, step: int | None = None) -> str:
         )
         completions = samples.reshape(n, k, *image_shape).transpose(1, 0, 2, 3, 4)
         rows = np.concatenate([inputs[None], shown[None], completions]).reshape(-1, *image_shape)
-        grid = image_grid(_enlarge(rows), ncol=n)
-        arrays.update(inputs=_to_uint8(images))
+        grid = image_grid(enlarge(rows), ncol=n)
+        arrays.update(inputs=to_uint8(images))
         if mask is not None:
             arrays.update(mask=mask.astype(np.uint8))
     if jax.process_index() == 0:
         os.makedirs(out_dir, exist_ok=True)
         write_png(os.path.join(out_dir, "grid.png"), grid)
         np.savez_compressed(
-            os.path.join(out_dir, "samples.npz"), images=_to_uint8(samples), nfe=int(nfe), **arrays
+            os.path.join(out_dir, "samples.npz"), images=to_uint8(samples), nfe=int(nfe), **arrays
         )
     print(f"wrote {len(samples)} {task} samples ({int(nfe)} score evaluations each) to {out_dir}")
     return out_dir

@@ -91,13 +91,16 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return np.clip(np.round(np.asarray(images) * 255.0), 0, 255).astype(np.uint8)
 
 
-def save_grid(path: str, images01: np.ndarray, max_images: int = 100) -> None:
-    """Writes up to ``max_images`` images in [0, 1] as one PNG grid; images smaller than 32 pixels
-    are enlarged (nearest neighbour) so that an 8x8 digit is visible."""
-    images = np.asarray(images01)[:max_images]
+def enlarge(images: np.ndarray) -> np.ndarray:
+    """Images ``[N, H, W, C]`` smaller than 32 pixels enlarged (nearest neighbour) so that an 8x8
+    digit is visible in a grid."""
     scale = max(1, -(-32 // images.shape[1]))
-    images = images.repeat(scale, axis=1).repeat(scale, axis=2)
-    write_png(path, image_grid(images))
+    return images.repeat(scale, axis=1).repeat(scale, axis=2)
+
+
+def save_grid(path: str, images01: np.ndarray, max_images: int = 100) -> None:
+    """Writes up to ``max_images`` images in [0, 1] as one PNG grid (small images enlarged)."""
+    write_png(path, image_grid(enlarge(np.asarray(images01)[:max_images])))
 
 
 def generate(
