@@ -17,7 +17,9 @@ Two targets:
 
 Each method runs at a range of budgets: ``num_steps`` for the few-step methods (EDM Heun: NFE
 ``2n - 1``; DPM-Solver++(2M), (3M), UniPC and DDIM: ``n``; fixed-grid ODE: ``solver_nfe(n) + 1``), ``N`` for PC,
-the tolerance for the adaptive ODE solve (its NFE is measured). Writes ``quality_vs_nfe.json``
+the tolerance for the adaptive ODE solve (its NFE is measured). The rows marked "data's noise
+range" run the multistep methods and EDM Heun with ``s_max`` = the largest distance between two
+data points (one jump from s(T) to it, then the schedule) and ``s_min`` = 0.01. Writes ``quality_vs_nfe.json``
 (the measurements), ``quality_vs_nfe.md`` (the tables) and, if matplotlib is installed
 (``pip install -e '.[bench]'``), ``quality_vs_nfe.png`` into ``--out``; the tables are always
 printed. ``--from-json`` rewrites the tables and the plot from the saved measurements.
@@ -47,7 +49,8 @@ from common import hardware
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sde_jax.closed_form import GaussianMixture  # noqa: E402
+from sde_jax.closed_form import ring_mixture  # noqa: E402
+from sde_jax.fast_sampling import time_of  # noqa: E402
 from sde_jax.sampling import SOLVERS, sample, solver_nfe  # noqa: E402
 from sde_jax.sde import VESDE, VPSDE, SubVPSDE  # noqa: E402
 
@@ -81,16 +84,18 @@ class Row:
 
 def _steps_for(method, options, target):
     """The largest num_steps whose NFE is at most ``target`` (None if even the smallest exceeds)."""
+    smallest = 3 if "s_max" in options else 2
     if method in ("edm_heun", "edm_stochastic"):
-        n = (target + 1) // 2
-        return n if n >= 2 else None
+        # The jump to s_max is an Euler step: one evaluation fewer.
+        n = (target + 1 + ("s_max" in options)) // 2
+        return n if n >= smallest else None
     if method == "ode":
         solver = SOLVERS[options["solver"]]()
         n = max(
             (k for k in range(1, target + 1) if int(solver_nfe(solver, k)) + 1 <= target), default=0
         )
         return n or None
-    return target if target >= 2 else None
+    return target if target >= smallest else None
 
 
 def few_step(label, method, targets, **options):
@@ -102,6 +107,26 @@ def few_step(label, method, targets, **options):
         return sde, dict(options, num_steps=n, **extra)
 
     return Spec(label, method, budget, targets)
+
+
+S_MIN = 0.01
+DATA_RANGE = "data's noise range"
+
+
+def in_data_range(label, method, targets, s_max, **options):
+    """A few-step method whose levels span the data's scales: a jump from s(T) to ``s_max``
+    (the data's largest pairwise distance, Song & Ermon 2020's rule for the largest noise level),
+    then the schedule down to s = S_MIN, VP's default s(eps), for every SDE (VE's sigma_min is
+    0.01 already; sub-VP's default s(eps) is 1e-4)."""
+
+    def budget(sde, target):
+        n = _steps_for(method, dict(options, s_max=s_max), target)
+        if n is None:
+            return None
+        eps = None if isinstance(sde, VESDE) else float(time_of(sde, jnp.float32(S_MIN)))
+        return sde, dict(options, num_steps=n, s_max=s_max, eps=eps)
+
+    return Spec(f"{label}, {DATA_RANGE}", method, budget, targets)
 
 
 def pc(label, steps, **options):
@@ -117,7 +142,7 @@ def ode_pid(label, tolerances, solver="dopri5"):
     )
 
 
-def specs(targets, pc_steps, pc_langevin_steps, tolerances):
+def specs(targets, pc_steps, pc_langevin_steps, tolerances, s_max):
     return [
         pc("PC: Euler-Maruyama", pc_steps, predictor="euler_maruyama", corrector="none"),
         pc(
@@ -137,21 +162,27 @@ def specs(targets, pc_steps, pc_langevin_steps, tolerances):
         few_step("UniPC (bh2, order 3), logSNR steps", "unipc", targets),
         few_step("DDIM (eta 0)", "ddim", targets),
         few_step("DDIM (eta 1)", "ddim", targets, eta=1.0),
-    ]
+        in_data_range("EDM Heun", "edm_heun", targets, s_max),
+        in_data_range("DPM-Solver++(2M), logSNR steps", "dpm_solver_2m", targets, s_max,
+                      schedule="logsnr"),
+        in_data_range("DPM-Solver++(3M), logSNR steps", "dpm_solver_3m", targets, s_max),
+        in_data_range("UniPC (bh2, order 3), logSNR steps", "unipc", targets, s_max),
+    ]  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
 # Closed-form mixture.
 
 
-def ring_mixture() -> GaussianMixture:
-    """8 components on a circle of radius 2, weights 1..8 (normalized), widths 0.1 to 0.3."""
-    k = np.arange(8)
-    angle = 2 * np.pi * k / 8
-    means = 2.0 * np.stack([np.cos(angle), np.sin(angle)], 1)
-    std = np.where(k % 2 == 0, 0.1, 0.3)
-    variances = np.stack([std**2, (0.5 * std + 0.05) ** 2], 1)
-    return GaussianMixture.diagonal(k + 1.0, means, variances)
+def max_distance(x) -> float:
+    """The largest Euclidean distance between two rows of ``x`` ``[n, d]``, in blocks of 1000."""
+    x = jnp.asarray(np.reshape(x, (len(x), -1)), jnp.float32)
+    sq = jnp.sum(x**2, 1)
+    blocks = [
+        jnp.max(sq[i : i + 1000, None] + sq[None, :] - 2 * x[i : i + 1000] @ x.T)
+        for i in range(0, len(x), 1000)
+    ]
+    return math.sqrt(max(float(b) for b in blocks))
 
 
 @jax.jit
@@ -184,6 +215,7 @@ def run_mixture(sde_name, reps=10, n=2000):
     score_fn = gm.score_fn(sde)  # One object: one compiled program per method.
     reference = gm.sample(jax.random.key(1), 20_000)
     ref_self = float(_mean_dist(reference, reference))
+    s_max = max_distance(reference)
     exact_logp = float(jnp.mean(gm.log_prob(gm.sample(jax.random.key(2), 200_000))))
 
     def measure(x):
@@ -203,7 +235,8 @@ def run_mixture(sde_name, reps=10, n=2000):
     ]
     pc_steps = (10, 20, 50, 100, 200, 500, 1000)
     runs = 0
-    for spec in specs(NFE_TARGETS, pc_steps, (50, 100, 500, 1000), (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)):
+    tolerances = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
+    for spec in specs(NFE_TARGETS, pc_steps, (50, 100, 500, 1000), tolerances, s_max):
         seen = set()
         for target in spec.targets:
             made = spec.budget(sde, target)
@@ -231,7 +264,7 @@ def run_mixture(sde_name, reps=10, n=2000):
                 f"{rows[-1].quality:.4f}  log-density gap {rows[-1].gap:+.3f}  ({seconds:.1f} s)",
                 flush=True,
             )
-    return rows
+    return rows, s_max
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,11 +331,12 @@ def run_digits(workdir, n=300):
     ]
     null_mean, null_sd = float(np.mean(null)), float(np.std(null, ddof=1))
     sde, score_fn, step = _load_digits_model(workdir)
+    s_max = max_distance(2.0 * train - 1.0)  # configs/digits.py: the model sees [-1, 1].
     print(
         f"digits model: {workdir} at step {step}; null Frechet distance {null_mean:.3f} +- {null_sd:.3f}"
     )
     rows = [Row("digits", "vp", "training digits (null)", 0, null_mean, null_sd)]
-    for spec in specs(DIGITS_NFE_TARGETS, (100, 1000), (), (1e-2, 1e-3)):
+    for spec in specs(DIGITS_NFE_TARGETS, (100, 1000), (), (1e-2, 1e-3), s_max):
         if spec.label.startswith(("ODE: Tsit5", "DDIM (eta 1)")):
             continue  # Kept affordable on 2 CPU cores; both are in the mixture tables.
         seen = set()
@@ -323,7 +357,7 @@ def run_digits(workdir, n=300):
             print(
                 f"  {spec.label:34s} NFE {int(nfe):5d}  FD {fd:8.3f}  ({seconds:.1f} s)", flush=True
             )
-    return rows, step
+    return rows, step, s_max
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,7 +456,15 @@ def _verdict(rows, sde_name, reps=10):
 _SDE_TITLES = {"vp": "VP", "ve": "VE", "subvp": "sub-VP"}
 
 
-def report(rows, hw, digits_step):
+def _range_note(s_max, what):
+    return (
+        f'Rows marked "{DATA_RANGE}" jump from s(T) to s_max = {s_max:.2f}, the largest distance '
+        f"between two {what} (Song & Ermon 2020's rule for the largest noise level), and end at "
+        f"s_min = {S_MIN} (eps = t({S_MIN}); VE's sigma_min is {S_MIN} already)."
+    )
+
+
+def report(rows, hw, digits_step, s_max):
     """The markdown text of the tables and verdicts."""
     text = ["# Sample quality against NFE", "", f"Measured with {hw}.", ""]
     for sde_name in ("vp", "ve", "subvp"):
@@ -434,7 +476,8 @@ def report(rows, hw, digits_step):
             "Energy distance between 2,000 samples and 20,000 exact samples, and the gap "
             "between the samples' mean exact log-density and that of exact samples; mean ± "
             "standard error over 10 sample sets. Exact score (`ring_mixture()`: 8 components "
-            "on a circle of radius 2).",
+            "on a circle of radius 2). "
+            + _range_note(s_max["mixture"], "of the 20,000 exact samples"),
             "",
             mixture_table(rows, sde_name),
             "",
@@ -448,7 +491,8 @@ def report(rows, hw, digits_step):
             "Frechet distance between 300 samples and the 300 held-out digits in the space of "
             "the first 16 principal components of the 1,497 training digits (pixels in [0, 1]); "
             "the null row is 300 training digits against the held-out ones (mean ± s.d. over 10 "
-            "random subsets), the spread to expect from any one set of 300.",
+            "random subsets), the spread to expect from any one set of 300. "
+            + _range_note(s_max["digits"], "training digits (in the model's [-1, 1] scale)"),
             "",
             digits_table(rows),
             "",
@@ -482,6 +526,7 @@ def plot(rows, path):
             pts = sorted((r.nfe, r.quality) for r in sel if r.label == label)
             if pts:
                 style = "--" if label.startswith(("PC", "ODE: Dopri5")) else "-"
+                style = "-." if label.endswith(DATA_RANGE) else style
                 ax.plot(*zip(*pts, strict=True), style, color=colors[label], marker="o", ms=3)
         null = next(r for r in sel if r.nfe == 0)
         ax.axhline(null.quality, color="k", lw=0.8, ls=":")
@@ -523,22 +568,29 @@ def main():
         with open(f"{out}.json") as f:
             saved = json.load(f)
         rows, hw, step = [Row(**r) for r in saved["rows"]], saved["hardware"], saved["digits_step"]
+        s_max = saved["s_max"]
     else:
-        hw, step, rows = hardware(), None, []
+        hw, step, rows, s_max = hardware(), None, [], {}
         print(hw)
         start = time.perf_counter()
         if "mixture" in args.parts:
             for sde_name in ("vp", "ve", "subvp"):
-                rows += run_mixture(sde_name)
+                mixture_rows, s_max["mixture"] = run_mixture(sde_name)
+                rows += mixture_rows
         if "digits" in args.parts:
-            digits_rows, step = run_digits(args.workdir)
+            digits_rows, step, s_max["digits"] = run_digits(args.workdir)
             rows += digits_rows
         print(f"total wall time {time.perf_counter() - start:.0f} s")
         os.makedirs(args.out, exist_ok=True)
         with open(f"{out}.json", "w") as f:
-            saved = dict(hardware=hw, digits_step=step, rows=[dataclasses.asdict(r) for r in rows])
+            saved = dict(
+                hardware=hw,
+                digits_step=step,
+                s_max=s_max,
+                rows=[dataclasses.asdict(r) for r in rows],
+            )
             json.dump(saved, f, indent=0)
-    text = report(rows, hw, step)
+    text = report(rows, hw, step, s_max)
     print(text)
     with open(f"{out}.md", "w") as f:
         f.write(text)

@@ -69,6 +69,9 @@ def base_config() -> ml_collections.ConfigDict:
     sampling.num_steps = 18
     sampling.rho = 7.0
     sampling.schedule = ""  # Few-step methods' noise levels; empty: the method's default.
+    # Few-step methods: > 0 jumps from the prior's noise level straight to s_max (a noise-to-signal
+    # ratio, about the largest distance between two data points), then runs the schedule below it.
+    sampling.s_max = 0.0
     sampling.order = 3  # dpm_solver_3m, unipc.
     sampling.lower_order_final = True  # dpm_solver_3m, unipc.
     sampling.s_churn = 10.0

@@ -20,6 +20,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from sde_jax.sde import SDE, check_time
@@ -178,3 +179,19 @@ class GaussianMixture:
             raise ValueError("`fisher_trace` has a closed form only for a single Gaussian (K = 1).")
         m, s = sde.marginal_coefs(t)
         return jnp.sum(1.0 / (m[:, None] ** 2 * self.eigvals[0][None] + s[:, None] ** 2), axis=-1)
+
+
+def ring_mixture() -> GaussianMixture:
+    r"""A 2-D test distribution with structure at several scales: 8 axis-aligned Gaussians with
+    means :math:`2(\cos\frac{2\pi k}{8}, \sin\frac{2\pi k}{8})` and weights proportional to
+    :math:`k + 1`, :math:`k = 0, \dots, 7`; even :math:`k` have standard deviations
+    :math:`(0.1, 0.1)`, odd :math:`k` :math:`(0.3, 0.2)`. Its largest distance between two likely
+    points is about 5.6. The sample-quality benchmark (``benchmarks/quality_vs_nfe.py``) and the
+    few-step sampler tests use it.
+    """
+    k = np.arange(8)
+    angle = 2 * np.pi * k / 8
+    means = 2.0 * np.stack([np.cos(angle), np.sin(angle)], 1)
+    std = np.where(k % 2 == 0, 0.1, 0.3)
+    variances = np.stack([std**2, (0.5 * std + 0.05) ** 2], 1)
+    return GaussianMixture.diagonal(k + 1.0, means, variances)

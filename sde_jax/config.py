@@ -232,7 +232,9 @@ class SamplingConfig:
     few-step methods always end with the denoising step. ``schedule`` picks the few-step methods'
     noise levels (``edm``, ``logsnr``, ``time_uniform``, ``time_quadratic``; ``rho`` is the
     ``edm`` exponent); empty: the method's default (``logsnr`` for ``dpm_solver_3m`` and
-    ``unipc``, ``edm`` for the others).
+    ``unipc``, ``edm`` for the others). ``s_max`` > 0 starts the few-step methods' schedule at
+    that noise-to-signal ratio after one jump from the prior's (``s_max`` of
+    :func:`sde_jax.fast_sampling.schedule_level`); 0: no jump.
     """
 
     method: str = "pc"
@@ -249,6 +251,7 @@ class SamplingConfig:
     num_steps: int = 18
     rho: float = 7.0
     schedule: str = ""
+    s_max: float = 0.0
     order: int = 3
     lower_order_final: bool = True
     s_churn: float = 10.0
@@ -306,6 +309,12 @@ class SamplingConfig:
                     f"config.sampling.schedule applies to {list(_FAST_METHODS)}, not method "
                     f"{self.method!r}; leave it empty"
                 )
+        _check_positive("sampling", "s_max", self.s_max, allow_zero=True)
+        if self.s_max and self.method not in _FAST_METHODS:
+            raise ValueError(
+                f"config.sampling.s_max applies to {list(_FAST_METHODS)}, not method "
+                f"{self.method!r}; leave it 0"
+            )
         if self.order not in (1, 2, 3) or isinstance(self.order, bool):
             raise ValueError(f"config.sampling.order must be 1, 2 or 3; got {self.order!r}")
         if not isinstance(self.lower_order_final, bool):

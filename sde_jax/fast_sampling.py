@@ -29,6 +29,14 @@ Every method also takes the other schedules of :func:`schedule_level` (``logsnr`
 :math:`\lambda = -\log s`, the default of the DPM-Solver++(3M) and UniPC samplers;
 ``time_uniform``; ``time_quadratic``).
 
+``s_max`` starts the schedule below the prior's level: the first step jumps from :math:`s(T)` to
+:math:`s_{\max}` and the other :math:`n - 1` levels span :math:`[s_{\min}, s_{\max}]`. Above the
+scale of the data the marginals are nearly Gaussian and :math:`D` nearly constant, so that one
+step is accurate and the rest of the budget goes where the data's structure forms. Song & Ermon
+(2020, "Improved techniques for training score-based generative models", technique 1) put the
+largest useful noise level near the largest distance between two data points; for the paper's
+SDEs :math:`s(T)` is far above it (VP: about 150 for data in :math:`[-1, 1]`).
+
 Methods and their score evaluations (NFE) per sample:
 
 - :func:`edm_heun_sample`: Heun's second-order method on the ODE (Karras et al. 2022,
@@ -120,45 +128,71 @@ def denoiser(sde: SDE, score_fn: ScoreFn, y: Array, s: Array) -> Array:
 SCHEDULES = ("edm", "logsnr", "time_uniform", "time_quadratic")
 
 
-def schedule_level(sde: SDE, schedule: str, i: Array, n: Array, eps: Array, rho: Array) -> Array:
+def schedule_level(
+    sde: SDE,
+    schedule: str,
+    i: Array,
+    n: Array,
+    eps: Array,
+    rho: Array,
+    s_max: Array | None = None,
+) -> Array:
     r"""The noise level :math:`s_i` of step ``i`` of ``n`` under ``schedule`` (a key of
     :data:`SCHEDULES`); :math:`s_0 = s(T)`, :math:`s_{n-1} = s(\epsilon)`, :math:`s_i = 0` for
-    :math:`i \ge n`. With :math:`u = i/(n-1)`:
+    :math:`i \ge n`. Between :math:`s_{\text{hi}} = s(T)` and :math:`s_{\text{lo}} = s(\epsilon)`
+    (times :math:`t_{\text{hi}} = T`, :math:`t_{\text{lo}} = \epsilon`), with :math:`u = i/(n-1)`:
 
     - ``edm``: :func:`edm_schedule` with exponent ``rho``;
     - ``logsnr``: uniform in :math:`\lambda = -\log s` (half the log-SNR), DPM-Solver's
-      recommended steps: :math:`s_i = s_{\max}^{1-u}\,s_{\min}^{u}`;
-    - ``time_uniform``: :math:`s_i = s(T + u(\epsilon - T))`;
+      recommended steps: :math:`s_i = s_{\text{hi}}^{1-u}\,s_{\text{lo}}^{u}`;
+    - ``time_uniform``: :math:`s_i = s(t_{\text{hi}} + u(t_{\text{lo}} - t_{\text{hi}}))`;
     - ``time_quadratic``: :math:`s_i = s(t_i)`, :math:`\sqrt{t_i}` uniform between
-      :math:`\sqrt T` and :math:`\sqrt\epsilon` (DPM-Solver's ``time_quadratic``).
+      :math:`\sqrt{t_{\text{hi}}}` and :math:`\sqrt{t_{\text{lo}}}` (DPM-Solver's
+      ``time_quadratic``).
+
+    With ``s_max`` (a level strictly between :math:`s(\epsilon)` and :math:`s(T)`), :math:`s_0`
+    stays :math:`s(T)`, where the prior sample is, and the other :math:`n - 1` levels follow the
+    schedule from :math:`s_{\text{hi}} = s_1 = s_{\max}` (:math:`t_{\text{hi}} = t(s_{\max})`) to
+    :math:`s(\epsilon)`: the first step jumps to :math:`s_{\max}`.
 
     ``rho`` is read by ``edm`` only.
     """
-    s_max = noise_to_signal(sde, jnp.asarray(sde.T, jnp.float32))
-    s_min = noise_to_signal(sde, eps)
+    s_top = noise_to_signal(sde, jnp.asarray(sde.T, jnp.float32))
+    s_lo = noise_to_signal(sde, eps)
+    if s_max is None:
+        return _levels(sde, schedule, i, n, (sde.T, s_top), (eps, s_lo), rho)
+    inner = _levels(sde, schedule, i - 1, n - 1, (time_of(sde, s_max), s_max), (eps, s_lo), rho)
+    return jnp.where(i == 0, s_top, inner)
+
+
+def _levels(sde, schedule, i, n, hi, lo, rho):
+    """:func:`schedule_level`'s schedules from ``hi = (t, s)`` to ``lo = (t, s)``."""
+    (t_hi, s_hi), (t_lo, s_lo) = hi, lo
     if schedule == "edm":
-        return edm_schedule(i, n, s_max, s_min, rho)
+        return edm_schedule(i, n, s_hi, s_lo, rho)
     u = i / jnp.maximum(n - 1, 1)
     if schedule == "logsnr":
-        level = jnp.exp(jnp.log(s_max) + u * (jnp.log(s_min) - jnp.log(s_max)))
+        level = jnp.exp(jnp.log(s_hi) + u * (jnp.log(s_lo) - jnp.log(s_hi)))
     elif schedule == "time_uniform":
-        level = noise_to_signal(sde, sde.T + u * (eps - sde.T))
+        level = noise_to_signal(sde, t_hi + u * (t_lo - t_hi))
     else:
-        root = math.sqrt(sde.T) + u * (jnp.sqrt(eps) - math.sqrt(sde.T))
+        root = jnp.sqrt(t_hi) + u * (jnp.sqrt(t_lo) - jnp.sqrt(t_hi))
         level = noise_to_signal(sde, root**2)
     return jnp.where(i < n, level, 0.0)
 
 
 class _Grid:
-    """The schedule of one call: ``level(i)`` is :math:`s_i`, and the start and end noise levels."""
+    r"""The schedule of one call: ``level(i)`` is :math:`s_i`; ``s_top`` = :math:`s(T)`, the prior's
+    level, and ``s_min`` = :math:`s(\epsilon)`, the last nonzero one."""
 
-    def __init__(self, sde: SDE, num_steps: Array, eps: Array, rho: Array, schedule: str = "edm"):
+    def __init__(self, sde, num_steps, eps, rho, schedule="edm", s_max=None):
         self.sde, self.n, self.eps, self.rho, self.schedule = sde, num_steps, eps, rho, schedule
-        self.s_max = noise_to_signal(sde, jnp.asarray(sde.T, jnp.float32))
+        self.s_max = s_max
+        self.s_top = noise_to_signal(sde, jnp.asarray(sde.T, jnp.float32))
         self.s_min = noise_to_signal(sde, eps)
 
     def level(self, i):
-        return schedule_level(self.sde, self.schedule, i, self.n, self.eps, self.rho)
+        return schedule_level(self.sde, self.schedule, i, self.n, self.eps, self.rho, self.s_max)
 
 
 def _prior(sde: SDE, key: Array, shape) -> Array:
@@ -190,15 +224,37 @@ def _check_schedule(schedule) -> str:
     return schedule
 
 
-def _prepare(sde, shape, eps, num_steps, rho):
+def _check_s_max(sde, s_max, eps, num_steps):
+    """``s_max`` as a float32 array (or None), checked against the SDE's range of levels."""
+    if s_max is None:
+        return None
+    s_top = float(noise_to_signal(sde, jnp.asarray(sde.T, jnp.float32)))
+    s_min = float(noise_to_signal(sde, eps))
+    if isinstance(s_max, bool) or not isinstance(s_max, int | float) or not s_min < s_max < s_top:
+        raise ValueError(
+            f"`s_max` must be None or a noise level strictly between s(eps) = {s_min:.4g} and "
+            f"s(T) = {s_top:.4g}; got {s_max!r}."
+        )
+    if num_steps < 3:
+        raise ValueError(
+            f"`s_max` needs `num_steps` >= 3 (one step to s_max, then at least two levels of the "
+            f"schedule); got num_steps={num_steps}."
+        )
+    return jnp.asarray(s_max, jnp.float32)
+
+
+def _prepare(sde, shape, eps, num_steps, rho, s_max=None):
     from sde_jax.sampling import _check_eps, _check_shape
 
     _check_sde(sde)
+    eps = jnp.asarray(_check_eps(sde, eps), jnp.float32)
+    num_steps = _check_num_steps(num_steps)
     return (
         _check_shape(shape),
-        jnp.asarray(_check_eps(sde, eps), jnp.float32),
-        jnp.asarray(_check_num_steps(num_steps), jnp.int32),
+        eps,
+        jnp.asarray(num_steps, jnp.int32),
         jnp.asarray(_check_rho(rho), jnp.float32),
+        _check_s_max(sde, s_max, eps, num_steps),
     )
 
 
@@ -216,6 +272,7 @@ def edm_heun_sample(
     rho: float = 7.0,
     schedule: str = "edm",
     eps: float | None = None,
+    s_max: float | None = None,
 ) -> tuple[Array, Array]:
     r"""Deterministic sampling with Heun's method on the EDM schedule (Karras et al. 2022,
     Algorithm 1), for VE, VP and sub-VP.
@@ -234,11 +291,15 @@ def edm_heun_sample(
         schedule: the noise levels, a key of :data:`SCHEDULES` (:func:`schedule_level`).
         eps: the smallest nonzero time, :math:`s_{\min} = s(\epsilon)`; defaults to
             ``sde.sampling_eps``.
+        s_max: the first level below the prior's :math:`s(T)`, or None (default) for none: the
+            first step jumps from :math:`s(T)` to it and the schedule's other levels span
+            :math:`[s(\epsilon), s_{\max}]` (:func:`schedule_level`; needs ``num_steps >= 3``).
 
     Returns:
-        ``(samples [B, *event], nfe)``, ``nfe = 2 * num_steps - 1`` (int32).
+        ``(samples [B, *event], nfe)``, ``nfe = 2 * num_steps - 1``, or ``2 * num_steps - 2``
+        with ``s_max``, whose first step is an Euler step (int32).
     """
-    shape, eps, n, rho = _prepare(sde, shape, eps, num_steps, rho)
+    shape, eps, n, rho, s_max = _prepare(sde, shape, eps, num_steps, rho, s_max)
     zero = jnp.zeros((), jnp.float32)
     return _edm_sample(
         key,
@@ -246,6 +307,7 @@ def edm_heun_sample(
         n,
         eps,
         rho,
+        s_max,
         zero,
         zero,
         zero,
@@ -271,6 +333,7 @@ def edm_stochastic_sample(
     s_tmax: float = float("inf"),
     s_noise: float = 1.0,
     eps: float | None = None,
+    s_max: float | None = None,
 ) -> tuple[Array, Array]:
     r"""Stochastic sampling of Karras et al. 2022 (Algorithm 2): Heun steps with churn.
 
@@ -297,11 +360,15 @@ def edm_stochastic_sample(
             offset a denoiser's bias; 1 for an exact score).
         schedule: the noise levels, a key of :data:`SCHEDULES` (:func:`schedule_level`).
         eps: the smallest nonzero time; defaults to ``sde.sampling_eps``.
+        s_max: the first level below the prior's :math:`s(T)`, or None (default) for none: the
+            first step jumps from :math:`s(T)` to it and the schedule's other levels span
+            :math:`[s(\epsilon), s_{\max}]` (:func:`schedule_level`; needs ``num_steps >= 3``).
 
     Returns:
-        ``(samples [B, *event], nfe)``, ``nfe = 2 * num_steps - 1`` (int32).
+        ``(samples [B, *event], nfe)``, ``nfe = 2 * num_steps - 1``, or ``2 * num_steps - 2``
+        with ``s_max``, whose first step is an Euler step (int32).
     """
-    shape, eps, n, rho = _prepare(sde, shape, eps, num_steps, rho)
+    shape, eps, n, rho, s_max = _prepare(sde, shape, eps, num_steps, rho, s_max)
     for name, v in (("s_churn", s_churn), ("s_tmin", s_tmin), ("s_noise", s_noise)):
         if not v >= 0:
             raise ValueError(f"`{name}` must be >= 0; got {v!r}.")
@@ -314,6 +381,7 @@ def edm_stochastic_sample(
         n,
         eps,
         rho,
+        s_max,
         f32(s_churn),
         f32(s_tmin),
         f32(s_tmax),
@@ -327,10 +395,24 @@ def edm_stochastic_sample(
 
 @functools.partial(jax.jit, static_argnames=("score_fn", "shape", "churn", "schedule"))
 def _edm_sample(
-    key, sde, n, eps, rho, s_churn, s_tmin, s_tmax, s_noise, *, score_fn, shape, churn, schedule
+    key,
+    sde,
+    n,
+    eps,
+    rho,
+    s_max,
+    s_churn,
+    s_tmin,
+    s_tmax,
+    s_noise,
+    *,
+    score_fn,
+    shape,
+    churn,
+    schedule,
 ):
     k_prior, k_loop = jax.random.split(key)
-    grid = _Grid(sde, n, eps, rho, schedule)
+    grid = _Grid(sde, n, eps, rho, schedule, s_max)
     y = _prior(sde, k_prior, shape)
     denoise = functools.partial(denoiser, sde, score_fn)
     gamma_max = jnp.minimum(s_churn / n.astype(jnp.float32), math.sqrt(2.0) - 1.0)
@@ -340,7 +422,7 @@ def _edm_sample(
             return y, s
         gamma = jnp.where((s >= s_tmin) & (s <= s_tmax), gamma_max, 0.0)
         # The cap s_hat <= s(T); s_0 can round a little above s(T), hence the maximum with 0.
-        gamma = jnp.minimum(gamma, jnp.maximum(grid.s_max / s - 1.0, 0.0))
+        gamma = jnp.minimum(gamma, jnp.maximum(grid.s_top / s - 1.0, 0.0))
         z = jax.random.normal(jax.random.fold_in(k_loop, i), y.shape, y.dtype)
         # sqrt(s_hat^2 - s^2) written without the cancellation, which at s ~ 100 and gamma = 0
         # would leave rounding noise of order sqrt(float eps) * s.
@@ -354,10 +436,17 @@ def _edm_sample(
         d_next = (y_euler - denoise(y_euler, s_next)) / s_next
         return y + (s_next - s) * 0.5 * (d + d_next)
 
-    y = jax.lax.fori_loop(0, n - 1, heun_step, y)
+    first = 0
+    if s_max is not None:
+        # The jump from s(T) to s_max is an Euler step, y' = D + (s'/s)(y - D), exact while D is
+        # constant, as it nearly is up there; Heun's correction would weigh D(s_max) over the whole
+        # long step. (No churn: s_0 = s(T) is already the cap.)
+        first = 1
+        y = y + (grid.level(1) - grid.s_top) * (y - denoise(y, grid.s_top)) / grid.s_top
+    y = jax.lax.fori_loop(first, n - 1, heun_step, y)
     # The last step, to s = 0, is Euler's: y + (0 - s) (y - D) / s = D.
     y, s = raise_noise(n - 1, y, grid.s_min)
-    return denoise(y, s), (2 * n - 1).astype(jnp.int32)
+    return denoise(y, s), (2 * n - 1 - first).astype(jnp.int32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,6 +463,7 @@ def dpm_solver_2m_sample(
     rho: float = 7.0,
     schedule: str = "edm",
     eps: float | None = None,
+    s_max: float | None = None,
 ) -> tuple[Array, Array]:
     r"""DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) on the EDM schedule, for VE, VP and sub-VP.
 
@@ -398,19 +488,30 @@ def dpm_solver_2m_sample(
             steps).
         schedule: the noise levels, a key of :data:`SCHEDULES` (:func:`schedule_level`).
         eps: the smallest nonzero time; defaults to ``sde.sampling_eps``.
+        s_max: the first level below the prior's :math:`s(T)`, or None (default) for none: the
+            first step jumps from :math:`s(T)` to it and the schedule's other levels span
+            :math:`[s(\epsilon), s_{\max}]` (:func:`schedule_level`; needs ``num_steps >= 3``).
 
     Returns:
         ``(samples [B, *event], nfe)``, ``nfe = num_steps`` (int32).
     """
-    shape, eps, n, rho = _prepare(sde, shape, eps, num_steps, rho)
+    shape, eps, n, rho, s_max = _prepare(sde, shape, eps, num_steps, rho, s_max)
     return _dpm_solver_2m_sample(
-        key, sde, n, eps, rho, score_fn=score_fn, shape=shape, schedule=_check_schedule(schedule)
+        key,
+        sde,
+        n,
+        eps,
+        rho,
+        s_max,
+        score_fn=score_fn,
+        shape=shape,
+        schedule=_check_schedule(schedule),
     )
 
 
 @functools.partial(jax.jit, static_argnames=("score_fn", "shape", "schedule"))
-def _dpm_solver_2m_sample(key, sde, n, eps, rho, *, score_fn, shape, schedule):
-    grid = _Grid(sde, n, eps, rho, schedule)
+def _dpm_solver_2m_sample(key, sde, n, eps, rho, s_max, *, score_fn, shape, schedule):
+    grid = _Grid(sde, n, eps, rho, schedule, s_max)
     y = _prior(sde, key, shape)
 
     def step(i, carry):
@@ -534,6 +635,7 @@ def dpm_solver_3m_sample(
     rho: float = 7.0,
     schedule: str = "logsnr",
     eps: float | None = None,
+    s_max: float | None = None,
 ) -> tuple[Array, Array]:
     r"""Multistep DPM-Solver++ of order up to 3 (Lu et al. 2022, "DPM-Solver++", the multistep
     third-order update), for VE, VP and sub-VP.
@@ -565,12 +667,15 @@ def dpm_solver_3m_sample(
         schedule: the noise levels, a key of :data:`SCHEDULES` (default ``logsnr``, the
             reference solver's).
         eps: the smallest nonzero time; defaults to ``sde.sampling_eps``.
+        s_max: the first level below the prior's :math:`s(T)`, or None (default) for none: the
+            first step jumps from :math:`s(T)` to it and the schedule's other levels span
+            :math:`[s(\epsilon), s_{\max}]` (:func:`schedule_level`; needs ``num_steps >= 3``).
 
     Returns:
         ``(samples [B, *event], nfe)``, ``nfe = num_steps`` (int32).
     """
     return _multistep(
-        key, score_fn, sde, shape, num_steps, order, lower_order_final, rho, schedule, eps,
+        key, score_fn, sde, shape, num_steps, order, lower_order_final, rho, schedule, eps, s_max,
         unipc=False,
     )  # fmt: skip
 
@@ -587,6 +692,7 @@ def unipc_sample(
     rho: float = 7.0,
     schedule: str = "logsnr",
     eps: float | None = None,
+    s_max: float | None = None,
 ) -> tuple[Array, Array]:
     r"""UniPC (Zhao et al. 2023, "UniPC: A unified predictor-corrector framework for fast sampling
     of diffusion models"), the multistep UniP predictor with the UniC corrector, variant bh2
@@ -614,28 +720,44 @@ def unipc_sample(
         rho: the exponent of the ``edm`` schedule.
         schedule: the noise levels, a key of :data:`SCHEDULES` (default ``logsnr``).
         eps: the smallest nonzero time; defaults to ``sde.sampling_eps``.
+        s_max: the first level below the prior's :math:`s(T)`, or None (default) for none: the
+            first step jumps from :math:`s(T)` to it and the schedule's other levels span
+            :math:`[s(\epsilon), s_{\max}]` (:func:`schedule_level`; needs ``num_steps >= 3``).
 
     Returns:
         ``(samples [B, *event], nfe)``, ``nfe = num_steps`` (int32).
     """
     return _multistep(
-        key, score_fn, sde, shape, num_steps, order, lower_order_final, rho, schedule, eps,
+        key, score_fn, sde, shape, num_steps, order, lower_order_final, rho, schedule, eps, s_max,
         unipc=True,
     )  # fmt: skip
 
 
 def _multistep(
-    key, score_fn, sde, shape, num_steps, order, lower_order_final, rho, schedule, eps, *, unipc
+    key,
+    score_fn,
+    sde,
+    shape,
+    num_steps,
+    order,
+    lower_order_final,
+    rho,
+    schedule,
+    eps,
+    s_max,
+    *,
+    unipc,
 ):
     """Checks the arguments of :func:`dpm_solver_3m_sample` / :func:`unipc_sample` and runs
     their shared compiled loop."""
-    shape, eps, n, rho = _prepare(sde, shape, eps, num_steps, rho)
+    shape, eps, n, rho, s_max = _prepare(sde, shape, eps, num_steps, rho, s_max)
     return _multistep_sample(
         key,
         sde,
         n,
         eps,
         rho,
+        s_max,
         jnp.asarray(_check_order(order), jnp.int32),
         jnp.asarray(_check_bool("lower_order_final", lower_order_final)),
         score_fn=score_fn,
@@ -653,9 +775,9 @@ def _check_bool(name, value) -> bool:
 
 @functools.partial(jax.jit, static_argnames=("score_fn", "shape", "schedule", "unipc"))
 def _multistep_sample(
-    key, sde, n, eps, rho, order, lower_order_final, *, score_fn, shape, schedule, unipc
+    key, sde, n, eps, rho, s_max, order, lower_order_final, *, score_fn, shape, schedule, unipc
 ):
-    grid = _Grid(sde, n, eps, rho, schedule)
+    grid = _Grid(sde, n, eps, rho, schedule, s_max)
     denoise = functools.partial(denoiser, sde, score_fn)
     y = _prior(sde, key, shape)
     zero, zeros = jnp.zeros((), y.dtype), jnp.zeros_like(y)
@@ -710,6 +832,7 @@ def ddim_sample(
     rho: float = 7.0,
     schedule: str = "edm",
     eps: float | None = None,
+    s_max: float | None = None,
 ) -> tuple[Array, Array]:
     r"""DDIM (Song, Meng & Ermon 2021, eq. 12) on the EDM schedule, for VE, VP and sub-VP.
 
@@ -734,11 +857,14 @@ def ddim_sample(
         rho: the schedule's exponent.
         schedule: the noise levels, a key of :data:`SCHEDULES` (:func:`schedule_level`).
         eps: the smallest nonzero time; defaults to ``sde.sampling_eps``.
+        s_max: the first level below the prior's :math:`s(T)`, or None (default) for none: the
+            first step jumps from :math:`s(T)` to it and the schedule's other levels span
+            :math:`[s(\epsilon), s_{\max}]` (:func:`schedule_level`; needs ``num_steps >= 3``).
 
     Returns:
         ``(samples [B, *event], nfe)``, ``nfe = num_steps`` (int32).
     """
-    shape, eps, n, rho = _prepare(sde, shape, eps, num_steps, rho)
+    shape, eps, n, rho, s_max = _prepare(sde, shape, eps, num_steps, rho, s_max)
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"`eta` must lie in [0, 1]; got {eta!r}.")
     return _ddim_sample(
@@ -747,6 +873,7 @@ def ddim_sample(
         n,
         eps,
         rho,
+        s_max,
         jnp.asarray(eta, jnp.float32),
         score_fn=score_fn,
         shape=shape,
@@ -755,9 +882,9 @@ def ddim_sample(
 
 
 @functools.partial(jax.jit, static_argnames=("score_fn", "shape", "schedule"))
-def _ddim_sample(key, sde, n, eps, rho, eta, *, score_fn, shape, schedule):
+def _ddim_sample(key, sde, n, eps, rho, s_max, eta, *, score_fn, shape, schedule):
     k_prior, k_loop = jax.random.split(key)
-    grid = _Grid(sde, n, eps, rho, schedule)
+    grid = _Grid(sde, n, eps, rho, schedule, s_max)
     y = _prior(sde, k_prior, shape)
 
     def step(i, y):

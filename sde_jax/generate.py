@@ -48,6 +48,8 @@ def sampler_options(cfg: SamplingConfig) -> dict[str, Any]:
     options = dict(num_steps=cfg.num_steps, rho=cfg.rho)
     if cfg.schedule:
         options.update(schedule=cfg.schedule)
+    if cfg.s_max:
+        options.update(s_max=cfg.s_max)
     if method in ("dpm_solver_3m", "unipc"):
         options.update(order=cfg.order, lower_order_final=cfg.lower_order_final)
     if method == "edm_stochastic":

@@ -11,7 +11,7 @@ from gaussians import exact_sample_bound, image_gaussian_diag, mixture_2d, sampl
 from hlo import loop_bodies_and_host_ops
 
 from sde_jax import fast_sampling, sampling
-from sde_jax.closed_form import GaussianMixture
+from sde_jax.closed_form import GaussianMixture, ring_mixture
 from sde_jax.sampling import METHODS, method_options, pc_sample, sample, solver_nfe
 from sde_jax.sde import VESDE, VPSDE, SubVPSDE
 
@@ -33,6 +33,10 @@ CASES = {
     "edm_heun_time_uniform": ("edm_heun", {"schedule": "time_uniform"}, (2, 4, 32)),
     "ddim": ("ddim", {"eta": 0.0}, (2, 8, 128)),
     "ddim_eta1": ("ddim", {"eta": 1.0}, (2, 8, 256)),
+    # s_max = 20, about three times the largest distance between two likely points of mixture_2d:
+    # the jump from s(T) is then accurate well beyond the exact-sample spread.
+    "unipc_s_max": ("unipc", {"s_max": 20.0}, (3, 8, 32)),
+    "edm_heun_s_max": ("edm_heun", {"s_max": 20.0}, (3, 8, 32)),
     "ode_fixed_heun": ("ode", {"controller": "fixed", "solver": "heun"}, (3, 4, 64)),
     "ode_fixed_tsit5": ("ode", {"controller": "fixed", "solver": "tsit5"}, (1, 2, 16)),
 }
@@ -48,7 +52,7 @@ def _null(target):
 
 def _expected_nfe(method, options, n):
     if method in ("edm_heun", "edm_stochastic"):
-        return 2 * n - 1
+        return 2 * n - 1 - ("s_max" in options)
     if method == "ode":
         return int(solver_nfe(sampling.SOLVERS[options["solver"]](), n)) + 1
     return n
@@ -190,6 +194,47 @@ def test_schedules_run_from_s_max_to_s_min(sde_name, schedule):
         np.testing.assert_allclose(jnp.diff(t), (sde.sampling_eps - sde.T) / 9, rtol=1e-3)
 
 
+@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("schedule", fast_sampling.SCHEDULES)
+def test_s_max_jumps_then_runs_the_schedule_below_it(sde_name, schedule):
+    """With s_max: s_0 = s(T), then n - 1 levels of the schedule from s_max down to s(eps)."""
+    sde = SDES[sde_name]
+    eps = jnp.asarray(sde.sampling_eps, jnp.float32)
+    i = jnp.arange(12)
+    s = fast_sampling.schedule_level(sde, schedule, i, 10, eps, jnp.float32(7.0), jnp.float32(5.0))
+    plain = fast_sampling.schedule_level(sde, schedule, i, 10, eps, jnp.float32(7.0))
+    np.testing.assert_allclose(s[jnp.array([0, 1, 9])], [plain[0], 5.0, plain[9]], rtol=1e-4)
+    assert bool(jnp.all(jnp.diff(s[:10]) < 0)) and bool(jnp.all(s[10:] == 0))
+    if schedule == "logsnr":
+        np.testing.assert_allclose(jnp.diff(jnp.log(s[1:10])), jnp.log(s[9] / 5.0) / 8, 1e-3)
+    if schedule == "time_uniform":
+        t = fast_sampling.time_of(sde, s[1:10])
+        t_hi = fast_sampling.time_of(sde, jnp.float32(5.0))
+        np.testing.assert_allclose(jnp.diff(t), (sde.sampling_eps - t_hi) / 8, rtol=1e-3)
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("method", ["unipc", "dpm_solver_3m"])
+def test_s_max_at_the_data_scale_samples_the_ring_at_20_nfe(sde_name, method):
+    """The README's quality-against-NFE result, at the size of one exact-sample set: on the
+    8-component ring (structure from 0.1 to 5.6), 20 NFE with s_max = 6 (just above the largest
+    distance between likely points) and s_min = 0.01 (eps = t(0.01), VP's default level) are
+    within the spread of exact samples; without s_max the same budget spends most steps above the
+    data's scale (VP, sub-VP) or far below its finest one (sub-VP)."""
+    sde = SDES[sde_name]
+    gm = ring_mixture()
+    reference, bound = exact_sample_bound(gm, N_SAMPLES, NULL_REPS, null_seed=40_000)
+    # VE's default s(eps) is sigma_min = 0.01 already.
+    eps = None if sde_name == "ve" else float(fast_sampling.time_of(sde, jnp.float32(0.01)))
+    x, nfe = sample(
+        jax.random.key(9), gm.score_fn(sde), sde, (N_SAMPLES, 2), method=method,
+        num_steps=20, s_max=6.0, eps=eps,
+    )  # fmt: skip
+    assert int(nfe) == 20
+    stats = sample_stats(gm, x, reference)
+    assert np.all(stats <= bound), f"stats {stats} exceed the bound {bound}"
+
+
 def _gaussian_ode_error(sde, method, num_steps, **options):
     """Largest error against the exact probability-flow solution for 1-D data N(0, c^2): in
     y = x/alpha the ODE keeps y / sqrt(c^2 + s^2) constant, and the last step returns
@@ -294,7 +339,9 @@ def test_loop_runs_on_device(method):
         "ddim": fast_sampling._ddim_sample,
     }[method]
     f32 = lambda v: jnp.asarray(v, jnp.float32)
-    args = [jax.random.key(0), sde, jnp.asarray(8, jnp.int32), f32(1e-3), f32(7.0)]
+    # The jump to s_max takes the other branch of the schedule (and of EDM's first step).
+    s_max = f32(5.0) if method in ("edm_stochastic", "unipc") else None
+    args = [jax.random.key(0), sde, jnp.asarray(8, jnp.int32), f32(1e-3), f32(7.0), s_max]
     kwargs = dict(score_fn=gm.score_fn(sde), shape=(4, 2), schedule="logsnr")
     if method == "edm_stochastic":
         args += [f32(1.0), f32(0.0), f32(1e3), f32(1.0)]
@@ -330,6 +377,11 @@ def test_loop_runs_on_device(method):
         ("edm_stochastic", dict(s_churn=-1.0), "`s_churn` must be >= 0"),
         ("edm_stochastic", dict(s_tmin=2.0, s_tmax=1.0), "`s_tmax` must be >= `s_tmin`"),
         ("edm_heun", dict(eps=0.0), "`eps`"),
+        ("unipc", dict(s_max=200.0), r"`s_max` must be None or a noise level strictly between"),
+        ("unipc", dict(s_max=0.005), r"`s_max` must be None or a noise level strictly between"),
+        ("ddim", dict(s_max="5"), r"`s_max` must be None or a noise level strictly between"),
+        ("edm_heun", dict(s_max=5.0, num_steps=2), r"`s_max` needs `num_steps` >= 3"),
+        ("ode", dict(s_max=5.0), r"method 'ode' takes no option\(s\) \['s_max'\]"),
         ("ode", dict(controller="adaptive"), r"`controller` must be one of \['fixed', 'pid'\]"),
         ("ode", dict(num_steps=10), "options of controller='fixed', not 'pid'"),
         ("ode", dict(controller="fixed"), "controller='fixed' needs `num_steps`"),
@@ -394,6 +446,8 @@ def test_config_methods_are_the_samplers_methods():
         (dict(method="unipc", schedule="linear"), r"config.sampling.schedule must be one of"),
         (dict(method="pc", schedule="logsnr"), "config.sampling.schedule applies to"),
         (dict(method="unipc", order=0), "config.sampling.order must be 1, 2 or 3"),
+        (dict(method="unipc", s_max=-1.0), "config.sampling.s_max must be >= 0"),
+        (dict(method="pc", s_max=5.0), "config.sampling.s_max applies to"),
         (dict(num_step=20), r"unknown field\(s\) \['num_step'\] in config.sampling"),
     ],
 )
@@ -434,6 +488,7 @@ def test_sampler_options_pass_only_the_methods_fields(tmp_path):
     assert options(method="dpm_solver_2m", schedule="logsnr") == dict(
         num_steps=18, rho=7.0, schedule="logsnr"
     )
+    assert options(method="ddim", s_max=5.0) == dict(num_steps=18, rho=7.0, s_max=5.0, eta=0.0)
     assert options(method="unipc", order=2, lower_order_final=False) == dict(
         num_steps=18, rho=7.0, order=2, lower_order_final=False
     )
