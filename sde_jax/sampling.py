@@ -572,7 +572,9 @@ def sample(
     ``predictor="ancestral_sampling"``, VE and VP only) and any event shape, and runs as one
     compiled program. The few-step methods take a ``schedule`` of noise levels
     (:data:`sde_jax.fast_sampling.SCHEDULES`: ``edm``, ``logsnr``, ``time_uniform``,
-    ``time_quadratic``; :func:`sde_jax.fast_sampling.schedule_level`).
+    ``time_quadratic``; :func:`sde_jax.fast_sampling.schedule_level`) and ``s_max``, a noise level
+    to jump to from the prior's before the schedule starts (about the largest distance between two
+    data points: the steps then go where the data's structure forms).
 
     Args:
         key: PRNG key.

@@ -214,6 +214,28 @@ def test_s_max_jumps_then_runs_the_schedule_below_it(sde_name, schedule):
 
 
 @pytest.mark.parametrize("sde_name", list(SDES))
+def test_jump_to_s_max_is_exact_for_gaussian_data(sde_name):
+    """For data N(0, c^2) the probability-flow path keeps y / sqrt(c^2 + s^2) constant. The
+    midpoint rule in u = 1/s is exact for a D affine in u, which it is here up to a relative
+    O((c/s)^2): at s_max = 5c the jump is within 2e-4 s_max of the exact point (measured: float32
+    rounding, 2e-5 to 5e-5), where D held at s(T) (the left-point rule) would be off by about
+    c^2 / (2 s_max^2) = 2e-2 s_max."""
+    sde, c, s_max = SDES[sde_name], 0.5, 2.5
+
+    def score_fn(x, t):
+        alpha, sigma = sde.marginal_coefs(t)
+        return -x / (alpha**2 * c**2 + sigma**2)[:, None]
+
+    f32 = lambda v: jnp.asarray(v, jnp.float32)
+    grid = fast_sampling._Grid(sde, f32(10), f32(sde.sampling_eps), f32(7.0), "logsnr", f32(s_max))
+    y0 = fast_sampling._prior(sde, jax.random.key(0), (256, 1))
+    y1, first = fast_sampling._jump(sde, score_fn, grid, y0)
+    exact = y0 * np.sqrt(c**2 + s_max**2) / np.sqrt(c**2 + float(grid.s_top) ** 2)
+    assert first == 1
+    assert float(jnp.max(jnp.abs(y1 - exact))) < 2e-4 * s_max
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
 @pytest.mark.parametrize("method", ["unipc", "dpm_solver_3m"])
 def test_s_max_at_the_data_scale_samples_the_ring_at_20_nfe(sde_name, method):
     """The README's quality-against-NFE result, at the size of one exact-sample set: on the
