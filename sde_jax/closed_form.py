@@ -185,8 +185,8 @@ def ring_mixture() -> GaussianMixture:
     r"""A 2-D test distribution with structure at several scales: 8 axis-aligned Gaussians with
     means :math:`2(\cos\frac{2\pi k}{8}, \sin\frac{2\pi k}{8})` and weights proportional to
     :math:`k + 1`, :math:`k = 0, \dots, 7`; even :math:`k` have standard deviations
-    :math:`(0.1, 0.1)`, odd :math:`k` :math:`(0.3, 0.2)`. Its largest distance between two likely
-    points is about 5.6. The sample-quality benchmark (``benchmarks/quality_vs_nfe.py``) and the
+    :math:`(0.1, 0.1)`, odd :math:`k` :math:`(0.3, 0.2)`. The largest distance between two of 20,000 of
+    its samples is about 6. The sample-quality benchmark (``benchmarks/quality_vs_nfe.py``) and the
     few-step sampler tests use it.
     """
     k = np.arange(8)

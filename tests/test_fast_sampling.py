@@ -239,7 +239,7 @@ def test_jump_to_s_max_is_exact_for_gaussian_data(sde_name):
 @pytest.mark.parametrize("method", ["unipc", "dpm_solver_3m"])
 def test_s_max_at_the_data_scale_samples_the_ring_at_20_nfe(sde_name, method):
     """The README's quality-against-NFE result, at the size of one exact-sample set: on the
-    8-component ring (structure from 0.1 to 5.6), 20 NFE with s_max = 6 (just above the largest
+    8-component ring (structure from 0.1 to 6), 20 NFE with s_max = 6 (about the largest
     distance between likely points) and s_min = 0.01 (eps = t(0.01), VP's default level) are
     within the spread of exact samples; without s_max the same budget spends most steps above the
     data's scale (VP, sub-VP) or far below its finest one (sub-VP)."""
