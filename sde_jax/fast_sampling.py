@@ -251,8 +251,11 @@ def _check_s_max(sde, s_max, eps, num_steps):
     """``s_max`` as a float32 array (or None), checked against the SDE's range of levels."""
     if s_max is None:
         return None
-    s_top = float(noise_to_signal(sde, jnp.asarray(sde.T, jnp.float32)))
-    s_min = float(noise_to_signal(sde, eps))
+    # Evaluated now even when called under jit (the program's jitted sampler): the SDE's
+    # constants are Python numbers.
+    with jax.ensure_compile_time_eval():
+        s_top = float(noise_to_signal(sde, jnp.asarray(sde.T, jnp.float32)))
+        s_min = float(noise_to_signal(sde, jnp.asarray(eps, jnp.float32)))
     if isinstance(s_max, bool) or not isinstance(s_max, int | float) or not s_min < s_max < s_top:
         raise ValueError(
             f"`s_max` must be None or a noise level strictly between s(eps) = {s_min:.4g} and "
@@ -270,11 +273,11 @@ def _prepare(sde, shape, eps, num_steps, rho, s_max=None):
     from sde_jax.sampling import _check_eps, _check_shape
 
     _check_sde(sde)
-    eps = jnp.asarray(_check_eps(sde, eps), jnp.float32)
+    eps = _check_eps(sde, eps)
     num_steps = _check_num_steps(num_steps)
     return (
         _check_shape(shape),
-        eps,
+        jnp.asarray(eps, jnp.float32),
         jnp.asarray(num_steps, jnp.int32),
         jnp.asarray(_check_rho(rho), jnp.float32),
         _check_s_max(sde, s_max, eps, num_steps),

@@ -526,14 +526,17 @@ def test_sampler_options_pass_only_the_methods_fields(tmp_path):
         assert set(options(method=method)) <= set(method_options(method))
 
 
-def test_sample_mode_runs_a_fast_method(tmp_path):
-    """--mode=sample with config.sampling.method=dpm_solver_2m: NFE = num_steps."""
+@pytest.mark.parametrize(
+    "sampling", [dict(method="dpm_solver_2m"), dict(method="unipc", s_max=5.0)], ids=str
+)
+def test_sample_mode_runs_a_fast_method(tmp_path, sampling):
+    """--mode=sample with a few-step method (and s_max): NFE = num_steps."""
     from sde_jax.config import Experiment
     from sde_jax.convert import save_as_run
     from sde_jax.generate import run_sample_mode
     from sde_jax.train import init_state, make_optimizer
 
-    config = _tiny_config(tmp_path, method="dpm_solver_2m", num_steps=3, num_samples=4)
+    config = _tiny_config(tmp_path, num_steps=3, num_samples=4, **sampling)
     exp = Experiment.from_config(config)
     state = init_state(jax.random.key(0), exp.build_model(), make_optimizer(exp.optim), (8, 8, 1))
     save_as_run(tmp_path / "run", config, state.params, state.params, step=1)
