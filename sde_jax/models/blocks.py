@@ -2,7 +2,9 @@ r"""Residual blocks of the score networks (NHWC).
 
 Every block computes :math:`x' + F(x, e)` (divided by :math:`\sqrt2` when ``skip_rescale``), where
 :math:`e` is the conditioning embedding, added as a per-channel bias after the first convolution,
-and :math:`x'` is the input, projected when the channel count or the resolution changes.
+and :math:`x'` is the input, projected when the channel count or the resolution changes. The sum
+goes through :func:`~sde_jax.models.layers.materialize`, so that XLA computes the residual stream
+(and its gradient) once instead of inside every consumer.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import jax
 import numpy as np
 
 from sde_jax.models import resample
-from sde_jax.models.layers import conv1x1, conv3x3, dense, group_norm
+from sde_jax.models.layers import conv1x1, conv3x3, dense, group_norm, materialize
 
 Array = jax.Array
 
@@ -58,7 +60,7 @@ class ResnetBlockDDPM(nn.Module):
         h = conv3x3(out_ch, init_scale=self.init_scale, name="conv_1")(h)
         if in_ch != out_ch:
             x = dense(out_ch, init_scale=0.1, name="skip")(x)
-        return (x + h) / np.sqrt(2.0) if self.skip_rescale else x + h
+        return materialize((x + h) / np.sqrt(2.0) if self.skip_rescale else x + h)
 
 
 class ResnetBlockBigGAN(nn.Module):
@@ -114,7 +116,7 @@ class ResnetBlockBigGAN(nn.Module):
         h = conv3x3(out_ch, init_scale=self.init_scale, name="conv_1")(h)
         if in_ch != out_ch or self.up or self.down:
             x = conv1x1(out_ch, name="skip")(x)
-        return (x + h) / np.sqrt(2.0) if self.skip_rescale else x + h
+        return materialize((x + h) / np.sqrt(2.0) if self.skip_rescale else x + h)
 
 
 class Combine(nn.Module):

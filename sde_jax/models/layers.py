@@ -109,6 +109,44 @@ def group_norm(num_groups: int, name=None) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=num_groups, epsilon=1e-6, use_fast_variance=False, name=name)
 
 
+def materialize(x: Array) -> Array:
+    r"""Returns ``x`` unchanged, but as a buffer that XLA computes once.
+
+    XLA:CPU fuses cheap element-wise producers (adds, multiplies) into each of their consumers,
+    recomputing them there. Along the residual stream of a U-Net a block's output feeds the next
+    block's normalization statistics, its normalized input, its skip path and a skip connection
+    of the up path, and the recomputed chains compound from block to block: without this, the
+    DDPM++ training step recomputes whole levels of the forward pass and of the gradient inside
+    single fusions (a tenth of its time on one core). XLA:CPU counts a floating-point division as
+    expensive and does not duplicate it, so dividing by a one that it cannot constant-fold makes
+    the value a materialized buffer read by its consumers; by the chain rule the tangent and the
+    cotangent of ``x`` are divided by the same one and are materialized too.
+
+    The one is :math:`0 \cdot x_{0,\dots,0} + 1`: XLA does not fold a floating-point product
+    with zero (which is not zero for an infinite or NaN factor) nor a division by it. For finite
+    activations it is exactly one, and :math:`x / 1 = x` exactly in IEEE arithmetic (the
+    compiled program around it may still round differently: XLA contracts multiply-adds into
+    FMAs on either side of a materialized buffer, not across it); were :math:`x_{0,\dots,0}` infinite or NaN,
+    the whole batch would come out NaN, as the training loss would anyway. (With a batch-sharded
+    ``x`` this reads one element across devices, a scalar's worth of communication.)
+
+    Args:
+        x: a floating-point array of any shape.
+
+    Returns:
+        ``x``, same shape and dtype.
+
+    Raises:
+        TypeError: if ``x`` is not floating point (an integer division would change its type).
+    """
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"materialize needs a floating-point array; got dtype {x.dtype}")
+    # A scalar: with a per-example one ([B, 1, ..., 1]) XLA 0.10 still duplicated the producers.
+    # And not 0 * isnan(...), which XLA rewrites into a select between equal constants.
+    one = jax.lax.stop_gradient(0 * x[(0,) * x.ndim] + 1)
+    return x / one
+
+
 def ncsnpp_groups(channels: int) -> int:
     """Number of groups NCSN++ uses for ``channels`` channels: :math:`\\min(C / 4, 32)`."""
     return min(channels // 4, 32)
@@ -183,7 +221,7 @@ class AttnBlock(nn.Module):
         weights = weights.reshape(b, height, width, height, width)
         h = jnp.einsum("bhwij,bijc->bhwc", weights, v)
         h = dense(c, init_scale=self.init_scale, name="out")(h)
-        return (x + h) / np.sqrt(2.0) if self.skip_rescale else x + h
+        return materialize((x + h) / np.sqrt(2.0) if self.skip_rescale else x + h)
 
 
 def check_choice(field: str, value: str, choices: Sequence[str]) -> None:
