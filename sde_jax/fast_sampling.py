@@ -87,6 +87,11 @@ def noise_to_signal(sde: SDE, t: Array) -> Array:
     return std / mean_coef
 
 
+def prior_level(sde: SDE) -> Array:
+    r""":math:`s(T)`, the noise-to-signal ratio of the prior sample (a float32 scalar)."""
+    return noise_to_signal(sde, jnp.asarray(sde.T, jnp.float32))
+
+
 def time_of(sde: SDE, s: Array) -> Array:
     r"""The time :math:`t` at which the noise-to-signal ratio is ``s``, the inverse of
     :func:`noise_to_signal`, shaped like ``s``.
@@ -157,7 +162,7 @@ def schedule_level(
 
     ``rho`` is read by ``edm`` only.
     """
-    s_top = noise_to_signal(sde, jnp.asarray(sde.T, jnp.float32))
+    s_top = prior_level(sde)
     s_lo = noise_to_signal(sde, eps)
     if s_max is None:
         return _levels(sde, schedule, i, n, (sde.T, s_top), (eps, s_lo), rho)
@@ -188,7 +193,7 @@ class _Grid:
     def __init__(self, sde, num_steps, eps, rho, schedule="edm", s_max=None):
         self.sde, self.n, self.eps, self.rho, self.schedule = sde, num_steps, eps, rho, schedule
         self.s_max = s_max
-        self.s_top = noise_to_signal(sde, jnp.asarray(sde.T, jnp.float32))
+        self.s_top = prior_level(sde)
         self.s_min = noise_to_signal(sde, eps)
 
     def level(self, i):
@@ -254,7 +259,7 @@ def _check_s_max(sde, s_max, eps, num_steps):
     # Evaluated now even when called under jit (the program's jitted sampler): the SDE's
     # constants are Python numbers.
     with jax.ensure_compile_time_eval():
-        s_top = float(noise_to_signal(sde, jnp.asarray(sde.T, jnp.float32)))
+        s_top = float(prior_level(sde))
         s_min = float(noise_to_signal(sde, jnp.asarray(eps, jnp.float32)))
     if isinstance(s_max, bool) or not isinstance(s_max, int | float) or not s_min < s_max < s_top:
         raise ValueError(

@@ -512,7 +512,7 @@ def _ode_sample(
 def _fixed_grid_time(sde: SDE, num_steps: Array, eps: Array, rho: Array) -> Callable:
     r"""``u -> t(u)``: the time at the (continuous) position ``u`` of an EDM grid of ``num_steps``
     steps from :math:`T` to :math:`\epsilon`."""
-    s_max = fast_sampling.noise_to_signal(sde, jnp.asarray(sde.T, jnp.float32))
+    s_max = fast_sampling.prior_level(sde)
     s_min = fast_sampling.noise_to_signal(sde, eps)
     return lambda u: fast_sampling.time_of(
         sde, fast_sampling.edm_schedule(u, num_steps + 1, s_max, s_min, rho)
