@@ -31,6 +31,10 @@ def main(argv):
     if not FLAGS["verbosity"].present:
         # Orbax and TFDS log every checkpoint and file at INFO; keep the progress lines readable.
         logging.set_verbosity(logging.WARNING)
+    from sde_jax import host_malloc
+
+    # Before anything creates JAX's backend, whose threads would otherwise get their own arenas.
+    host_malloc.apply_policy(FLAGS.config.get("host_malloc", "auto"))
     import jax
 
     from sde_jax.config import Experiment

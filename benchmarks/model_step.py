@@ -11,7 +11,8 @@ with the process CPU time of the same calls (summed over threads). GFLOP/s is pe
 Usage::
 
     python benchmarks/model_step.py [--batch 8] [--repeats 5] [--models ddpmpp ncsnpp]
-        [--threads N] [--json out.json] [--profile] [--glibc-tunables glibc.malloc.hugetlb=1]
+        [--threads N] [--json out.json] [--profile] [--host-malloc auto|keep|default]
+        [--glibc-tunables glibc.malloc.hugetlb=1]
 
 ``--threads 1`` restricts XLA's CPU backend to one thread (set before JAX starts), for comparison
 with single-core figures; ``taskset -c 0`` additionally pins the process to one core.
@@ -23,18 +24,13 @@ forward pass and the input gradient), kernel-gradient convolutions (whose window
 image), layout transposes and copies, matrix products, and the remaining element-wise and reduction
 fusions.
 
-``--glibc-tunables glibc.malloc.hugetlb=1`` re-runs the benchmark with that ``GLIBC_TUNABLES``
-setting. XLA:CPU allocates each call's temporary buffer (about 700 MB for the DDPM++ training step at
-batch 8) with ``malloc``, from a thread arena, which takes anything that large straight from
-``mmap`` and gives it back on ``free``: every call then first-touches every page of it again (about
-170k page faults per DDPM++ training step, ~0.4 s in a VM). ``glibc.malloc.hugetlb=1`` backs such
-mappings with transparent huge pages (2k faults; where ``/sys/kernel/mm/transparent_hugepage/enabled``
-allows ``madvise``); adding
-``glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=100000000000``
-keeps the memory in the process between calls instead (no faults, but the process keeps its peak
-memory). On one core of a 2-core AMD EPYC VM either cut the DDPM++ training step by ~10% (3.9-4.1 s
-to 3.5-3.7 s). The same setting helps any long-running program (``GLIBC_TUNABLES=... python
-main.py ...``); it must be in the environment when the process starts.
+``--host-malloc`` applies :mod:`sde_jax.host_malloc`'s policy before JAX starts, as ``main.py`` does
+with ``config.host_malloc`` (default ``auto``: on the CPU backend, glibc keeps freed memory in the
+process, so XLA's per-call temporary buffer, about 700 MB for the DDPM++ training step at batch 8,
+is not mapped and first-touched afresh on every call). ``--host-malloc default`` measures glibc's
+own behaviour. ``--glibc-tunables glibc.malloc.hugetlb=1`` re-runs the benchmark with that
+``GLIBC_TUNABLES`` setting (transparent huge pages for large mappings), another way to cut those
+page faults, which needs the environment variable set before the process starts.
 """
 
 from __future__ import annotations
@@ -76,6 +72,12 @@ def parse_args(argv=None):
         help="CPU: trace one training step and print where its time goes, by kind of operation",
     )
     p.add_argument(
+        "--host-malloc",
+        default="auto",
+        choices=["auto", "keep", "default"],
+        help="glibc malloc policy (sde_jax.host_malloc; main.py's config.host_malloc)",
+    )
+    p.add_argument(
         "--glibc-tunables",
         default=None,
         help="re-run with this GLIBC_TUNABLES value, e.g. glibc.malloc.hugetlb=1",
@@ -100,6 +102,10 @@ if ARGS.eigen_convs:
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "") + " --xla_cpu_experimental_ynn_fusion_type="
     )
+
+from sde_jax import host_malloc  # noqa: E402
+
+HOST_MALLOC_APPLIED = host_malloc.apply_policy(ARGS.host_malloc)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -136,6 +142,7 @@ def hardware() -> dict:
         "xla_threads": ARGS.threads or "all",
         "xla_flags": os.environ.get("XLA_FLAGS", "").strip(),
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+        "host_malloc": f"{ARGS.host_malloc} ({'keep' if HOST_MALLOC_APPLIED else 'glibc default'})",
         "devices": [str(d) for d in jax.devices()],
         "jax": jax.__version__,
         "python": platform.python_version(),

@@ -17,6 +17,9 @@ _DERIVED_MODEL_FIELDS = ("sigma_min", "sigma_max", "num_scales", "centered")
 def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 42
+    # glibc malloc policy for XLA:CPU's per-call buffers (sde_jax/host_malloc.py): "auto" keeps
+    # freed memory in the process when JAX computes on the CPU; "keep" always; "default" never.
+    config.host_malloc = "auto"
 
     config.sde = sde = ml_collections.ConfigDict()
     sde.name = "vpsde"

@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from sde_jax.host_malloc import check_policy
 from sde_jax.sde import SDE, VESDE, VPSDE, SubVPSDE
 
 T = TypeVar("T")
@@ -392,7 +393,11 @@ class EvalConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
-    """Every section of a config, typed: what ``main.py`` hands to the modes."""
+    """Every section of a config, typed: what ``main.py`` hands to the modes.
+
+    Besides the sections, ``seed`` seeds every random stream of a run, and ``host_malloc`` is the
+    process's glibc malloc policy (:mod:`sde_jax.host_malloc`; ``main.py`` applies it first).
+    """
 
     sde: SDEConfig
     model: ModelConfig
@@ -402,6 +407,7 @@ class Experiment:
     eval: EvalConfig
     data: Any
     seed: int = 42
+    host_malloc: str = "auto"
 
     @classmethod
     def from_config(cls, config: Any) -> Experiment:
@@ -427,7 +433,9 @@ class Experiment:
             # The data section's batch size and seed are the training ones, set in one place.
             data=DataConfig.from_config(values["data"], batch_size=training.batch_size, seed=seed),
             seed=seed,
+            host_malloc=str(values.get("host_malloc", "auto")),
         )
+        check_policy(exp.host_malloc)
         if not exp.training.continuous and exp.sde.name == "subvpsde":
             raise ValueError("config.training.continuous=False is not defined for subvpsde")
         if exp.training.label_dropout > 0 and not exp.model.fields.get("num_classes"):

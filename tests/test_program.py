@@ -264,6 +264,7 @@ def test_sigterm_saves_and_exits(tmp_path, data_dir):
         ("--config.sampling.predictor=heun", "config.sampling.predictor must be one of"),
         ("--config.training.batch_size=7", "divisible by the number of devices"),
         ("--config.training.batchsize=8", "batchsize"),
+        ("--config.host_malloc=always", "config.host_malloc"),
     ],
 )
 def test_bad_config_fails_before_any_work(tmp_path, data_dir, override, match):

@@ -14,6 +14,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
+
+from sde_jax.models import winograd
 
 Array = jax.Array
 
@@ -45,20 +48,69 @@ def default_init(scale: float = 1.0) -> nn.initializers.Initializer:
     return nn.initializers.variance_scaling(scale, "fan_avg", "uniform")
 
 
+# Winograd pays on XLA:CPU from about 128 channels on both sides (module docstring of winograd.py).
+WINOGRAD_MIN_CHANNELS = 128
+
+
+class Conv3x3(nn.Module):
+    """A 3x3 convolution with bias (parameters ``kernel [3, 3, C_in, C_out]`` and ``bias``, as
+    ``nn.Conv``'s).
+
+    Stride-1 convolutions with one pixel of padding on each side run by Winograd's
+    :math:`F(2 \\times 2, 3 \\times 3)` (:mod:`sde_jax.models.winograd`) on JAX's CPU backend when
+    the feature map's height and width are even and both channel counts are at least
+    :data:`WINOGRAD_MIN_CHANNELS`: 4/9 of the multiply-adds, and a kernel gradient that XLA:CPU
+    computes about twice as fast as its direct one. Elsewhere (other backends, whose libraries choose
+    their own algorithms; other strides, paddings or sizes) it is ``lax.conv_general_dilated``.
+
+    Attributes:
+        features: output channels.
+        stride: the stride in both directions.
+        padding: ``((top, bottom), (left, right))`` zero padding.
+        init_scale: initialization scale.
+    """
+
+    features: int
+    stride: int = 1
+    padding: tuple[tuple[int, int], tuple[int, int]] = ((1, 1), (1, 1))
+    init_scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = self.param(
+            "kernel", default_init(self.init_scale), (3, 3, x.shape[-1], self.features)
+        )
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        padding = tuple(tuple(int(p) for p in side) for side in self.padding)
+        if self.stride == 1 and padding == ((1, 1), (1, 1)) and _winograd_pays(x.shape, kernel):
+            y = winograd.conv3x3(x, kernel)
+        else:
+            y = lax.conv_general_dilated(
+                x,
+                kernel,
+                (self.stride, self.stride),
+                padding,
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            )
+        return y + bias[None, None, None, :]
+
+
+def _winograd_pays(x_shape, kernel) -> bool:
+    _, height, width, _ = x_shape
+    return (
+        jax.default_backend() == "cpu"
+        and height % 2 == 0
+        and width % 2 == 0
+        and min(kernel.shape[2], kernel.shape[3]) >= WINOGRAD_MIN_CHANNELS
+    )
+
+
 def conv3x3(
     features: int, *, stride: int = 1, init_scale: float = 1.0, padding="SAME_1", name=None
-) -> nn.Conv:
+) -> Conv3x3:
     """A 3x3 convolution with one pixel of zero padding on each side (the default)."""
     pad = ((1, 1), (1, 1)) if padding == "SAME_1" else padding
-    return nn.Conv(
-        features,
-        (3, 3),
-        strides=(stride, stride),
-        padding=pad,
-        kernel_init=default_init(init_scale),
-        bias_init=nn.initializers.zeros,
-        name=name,
-    )
+    return Conv3x3(features, stride, pad, init_scale, name=name)
 
 
 class Conv1x1(nn.Module):
