@@ -62,6 +62,9 @@ class Conv3x3(nn.Module):
     :data:`WINOGRAD_MIN_CHANNELS`: 4/9 of the multiply-adds, and a kernel gradient that XLA:CPU
     computes about twice as fast as its direct one. Elsewhere (other backends, whose libraries choose
     their own algorithms; other strides, paddings or sizes) it is ``lax.conv_general_dilated``.
+    The price is memory: a training step keeps the transformed input (4x the convolution's input)
+    for the kernel gradient. Setting :data:`WINOGRAD_MIN_CHANNELS` above every layer's width
+    before tracing turns Winograd off.
 
     Attributes:
         features: output channels.
