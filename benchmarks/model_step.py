@@ -22,7 +22,8 @@ steps with one thread, slower with two). ``--profile`` (CPU backend) traces one 
 the JAX profiler and sums the time of XLA's operations by kind: convolutions in forward layout (the
 forward pass and the input gradient), kernel-gradient convolutions (whose window is the whole
 image), layout transposes and copies, matrix products, and the remaining element-wise and reduction
-fusions.
+fusions. Convolutions computed by Winograd (``sde_jax.models.winograd``, the wide 3x3 ones on the
+CPU) count as matrix products plus the element-wise fusions of their transforms.
 
 ``--host-malloc`` applies :mod:`sde_jax.host_malloc`'s policy before JAX starts, as ``main.py`` does
 with ``config.host_malloc`` (default ``auto``: on the CPU backend, glibc keeps freed memory in the
