@@ -30,7 +30,6 @@ import ctypes
 import importlib.metadata
 import importlib.util
 import logging
-import os
 import platform
 
 POLICIES = ("auto", "keep", "default")
@@ -65,13 +64,9 @@ def computes_on_cpu() -> bool:
     CPU only when no accelerator plugin (a ``jax_plugins`` module or entry point, e.g. CUDA or
     ROCm) and no ``libtpu`` is installed.
     """
-    platforms = os.environ.get("JAX_PLATFORMS", "")
-    try:
-        import jax
+    import jax  # importing JAX creates no backend
 
-        platforms = jax.config.jax_platforms or platforms
-    except ImportError:
-        pass
+    platforms = jax.config.jax_platforms  # read from JAX_PLATFORMS when JAX is imported
     if platforms:
         return platforms.split(",")[0].strip().lower() == "cpu"
     if importlib.util.find_spec("libtpu") is not None:

@@ -48,6 +48,17 @@ def default_init(scale: float = 1.0) -> nn.initializers.Initializer:
     return nn.initializers.variance_scaling(scale, "fan_avg", "uniform")
 
 
+def _kernel_and_bias(module: nn.Module, size: int, in_features: int) -> tuple[Array, Array]:
+    """The parameters of a ``size`` x ``size`` convolution module with ``features`` and
+    ``init_scale`` fields, named and shaped as ``nn.Conv``'s (so the checkpoint converter's names
+    hold): ``kernel [size, size, in_features, features]`` and a zero-initialized ``bias``."""
+    kernel = module.param(
+        "kernel", default_init(module.init_scale), (size, size, in_features, module.features)
+    )
+    bias = module.param("bias", nn.initializers.zeros, (module.features,))
+    return kernel, bias
+
+
 # Winograd pays on XLA:CPU from about 128 channels on both sides (module docstring of winograd.py).
 WINOGRAD_MIN_CHANNELS = 128
 
@@ -80,10 +91,7 @@ class Conv3x3(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        kernel = self.param(
-            "kernel", default_init(self.init_scale), (3, 3, x.shape[-1], self.features)
-        )
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        kernel, bias = _kernel_and_bias(self, 3, x.shape[-1])
         padding = tuple(tuple(int(p) for p in side) for side in self.padding)
         if self.stride == 1 and padding == ((1, 1), (1, 1)) and _winograd_pays(x.shape, kernel):
             y = winograd.conv3x3(x, kernel)
@@ -132,10 +140,7 @@ class Conv1x1(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        kernel = self.param(
-            "kernel", default_init(self.init_scale), (1, 1, x.shape[-1], self.features)
-        )
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        kernel, bias = _kernel_and_bias(self, 1, x.shape[-1])
         y = jnp.einsum("bhwc,co->bhwo", x, kernel[0, 0])
         return y + bias[None, None, None, :]
 
