@@ -24,10 +24,13 @@ f = jax.jit(lambda x: jnp.sum(jnp.cumsum(x) * x)).lower(jnp.ones(1 << 24)).compi
 x = jnp.ones(1 << 24)
 for _ in range(2):
     f(x).block_until_ready()
+# Mean over many calls: XLA frees a call's temporary buffer on its own thread, so now and then
+# the next call starts first and the heap has to grow by (and first-touch) one more buffer.
+calls = 32
 r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(4):
+for _ in range(calls):
     value = float(f(x))
-faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) / 4
+faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) / calls
 temp = f.memory_analysis().temp_size_in_bytes
 print(json.dumps(dict(applied=applied, faults=faults, temp=temp, value=value)))
 """
@@ -55,7 +58,8 @@ def test_keep_stops_refaulting_the_temporary_buffer_on_every_call():
     assert pages > 16_000
     # glibc maps the temporary buffer afresh on each call, so each call first-touches it again.
     assert default["faults"] > 0.9 * pages, default
-    # Kept in the process, the buffer is reused: at most half of those faults remain.
+    # Kept in the process, the buffer is reused: at most half of those faults remain (about a
+    # tenth at worst measured, with another process busy on the second core).
     assert keep["faults"] < 0.5 * default["faults"], (keep, default)
     assert keep["value"] == default["value"]
 
