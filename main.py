@@ -11,6 +11,8 @@ Any config field can be overridden, e.g. ``--config.training.batch_size=64``.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from sde_jax.programs import host_malloc
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.DEFINE_string(
@@ -31,52 +33,31 @@ def main(argv):
     if not FLAGS["verbosity"].present:
         # Orbax and TFDS log every checkpoint and file at INFO; keep the progress lines readable.
         logging.set_verbosity(logging.WARNING)
-    from sde_jax import host_malloc
-
-    # Before anything creates JAX's backend, whose threads would otherwise get their own arenas.
+    # Before anything creates JAX's backend or another thread that allocates: the programs import
+    # Orbax, grain and TensorStore, whose threads would otherwise get malloc arenas of their own,
+    # hence the imports here.
     host_malloc.apply_policy(FLAGS.config.get("host_malloc", "auto"))
-    import jax
+    from sde_jax.programs.classifier import run_train_classifier_mode
+    from sde_jax.programs.distributed import initialize_if_launched
+    from sde_jax.programs.evaluate import run_eval_mode
+    from sde_jax.programs.experiment import Experiment
+    from sde_jax.programs.quality import run_fid_stats_mode
+    from sde_jax.programs.sample import run_sample_mode
+    from sde_jax.programs.train import run_train_mode
 
-    from sde_jax.config import Experiment
-
-    if jax.process_count() == 1 and _multi_process_env():
-        jax.distributed.initialize()
+    initialize_if_launched()
     if FLAGS.mode == "train_classifier":
-        from sde_jax.train_classifier import train_classifier
-
-        train_classifier(FLAGS.config, FLAGS.workdir)
+        run_train_classifier_mode(FLAGS.config, FLAGS.workdir)
         return
     exp = Experiment.from_config(FLAGS.config)
     if FLAGS.mode == "train":
-        from sde_jax.train import train
-
-        train(exp, FLAGS.workdir)
+        run_train_mode(exp, FLAGS.workdir)
     elif FLAGS.mode == "sample":
-        from sde_jax.generate import run_sample_mode
-
         run_sample_mode(exp, FLAGS.workdir, step=FLAGS.step)
     elif FLAGS.mode == "fid_stats":
-        from sde_jax.metrics.programs import run_fid_stats_mode
-
         run_fid_stats_mode(exp)
     else:
-        from sde_jax.evaluate import run_eval_mode
-
         run_eval_mode(exp, FLAGS.workdir)
-
-
-def _multi_process_env() -> bool:
-    """True when launched as one of several processes: an explicit coordinator, a SLURM job with
-    more than one task, or a multi-host TPU slice. ``jax.distributed.initialize()`` then reads the
-    addresses and process ids from that environment."""
-    import os
-
-    env = os.environ
-    return (
-        "JAX_COORDINATOR_ADDRESS" in env
-        or int(env.get("SLURM_NTASKS", "1")) > 1
-        or "," in env.get("TPU_WORKER_HOSTNAMES", "")
-    )
 
 
 if __name__ == "__main__":

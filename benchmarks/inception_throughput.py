@@ -26,7 +26,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from benchmarks.common import hardware
-from sde_jax.metrics.inception import FeatureExtractor, InceptionV3
+from sde_jax.metrics import FeatureExtractor, InceptionV3
+from sde_jax.sharding import make_mesh
 
 
 def random_params(seed: int = 0):
@@ -47,12 +48,14 @@ def main(argv=None):
     print(f"input {args.image_size}x{args.image_size}x3 uint8 -> 299x299; outputs pool_3, logits")
     print(f"{'batch':>6s} {'compile s':>10s} {'GFLOP/img':>10s} {'best s':>8s} {'images/s':>9s} "
           f"{'CPU s':>7s} {'images/CPU s':>13s}")  # fmt: skip
+    mesh = make_mesh()
     for batch in args.batches:
-        n_dev = len(jax.devices())
-        if batch % n_dev:
-            print(f"{batch:6d} skipped: not divisible by {n_dev} devices")
+        if batch % mesh.size:
+            print(f"{batch:6d} skipped: not divisible by {mesh.size} devices")
             continue
-        fx = FeatureExtractor(params, batch_size=batch, layers=("2048", "logits_unbiased"))
+        fx = FeatureExtractor(
+            params, mesh=mesh, batch_size=batch, layers=("2048", "logits_unbiased")
+        )
         images = rng.integers(0, 256, (batch, args.image_size, args.image_size, 3), np.uint8)
         x = fx._prep(jax.device_put(images, fx._batch))
         start = time.perf_counter()

@@ -12,7 +12,14 @@ Usage::
 
     python benchmarks/model_step.py [--batch 8] [--repeats 5] [--models ddpmpp ncsnpp]
         [--threads N] [--json out.json] [--profile] [--host-malloc auto|keep|default]
-        [--glibc-tunables glibc.malloc.hugetlb=1]
+        [--glibc-tunables glibc.malloc.hugetlb=1] [--conv-algorithm auto|direct|winograd]
+        [--materialize-blocks auto|on|off]
+
+The networks' CPU workarounds are switched on explicitly where JAX computes on the CPU, as the
+programs do there: ``--conv-algorithm auto`` builds them with ``conv_algorithm='winograd'`` on the
+CPU backend (``'direct'`` elsewhere) and ``--materialize-blocks auto`` with
+``materialize_blocks=True`` on the CPU backend (``False`` elsewhere); give ``direct`` / ``off`` to
+measure without them.
 
 ``--threads 1`` restricts XLA's CPU backend to one thread (set before JAX starts), for comparison
 with single-core figures; ``taskset -c 0`` additionally pins the process to one core.
@@ -22,10 +29,11 @@ steps with one thread, slower with two). ``--profile`` (CPU backend) traces one 
 the JAX profiler and sums the time of XLA's operations by kind: convolutions in forward layout (the
 forward pass and the input gradient), kernel-gradient convolutions (whose window is the whole
 image), layout transposes and copies, matrix products, and the remaining element-wise and reduction
-fusions. Convolutions computed by Winograd (``sde_jax.models.winograd``, the wide 3x3 ones on the
-CPU) count as matrix products plus the element-wise fusions of their transforms.
+fusions. Convolutions computed by Winograd (``sde_jax.models.winograd``, the wide 3x3 ones with
+``conv_algorithm='winograd'``) count as matrix products plus the element-wise fusions of their
+transforms.
 
-``--host-malloc`` applies :mod:`sde_jax.host_malloc`'s policy before JAX starts, as ``main.py`` does
+``--host-malloc`` applies :mod:`sde_jax.programs.host_malloc`'s policy before JAX starts, as ``main.py`` does
 with ``config.host_malloc`` (default ``auto``: on the CPU backend, glibc keeps freed memory in the
 process, so XLA's per-call temporary buffer, 2.15 GB for the DDPM++ training step at batch 8, is
 not mapped and first-touched afresh on every call). ``--host-malloc default`` measures glibc's
@@ -50,7 +58,7 @@ import tempfile
 import time
 
 # Imports no JAX: the malloc policy must be applied before JAX starts.
-from sde_jax import host_malloc
+from sde_jax.programs import host_malloc
 
 
 def parse_args(argv=None):
@@ -79,7 +87,19 @@ def parse_args(argv=None):
         "--host-malloc",
         default="auto",
         choices=host_malloc.POLICIES,
-        help="glibc malloc policy (sde_jax.host_malloc; main.py's config.host_malloc)",
+        help="glibc malloc policy (sde_jax.programs.host_malloc; main.py's config.host_malloc)",
+    )
+    p.add_argument(
+        "--conv-algorithm",
+        default="auto",
+        choices=["auto", "direct", "winograd"],
+        help="the networks' conv_algorithm; auto: 'winograd' on the CPU backend, else 'direct'",
+    )
+    p.add_argument(
+        "--materialize-blocks",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="the networks' materialize_blocks; auto: on with the CPU backend, else off",
     )
     p.add_argument(
         "--glibc-tunables",
@@ -145,6 +165,7 @@ def hardware() -> dict:
         "xla_flags": os.environ.get("XLA_FLAGS", "").strip(),
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         "host_malloc": f"{ARGS.host_malloc} ({'keep' if HOST_MALLOC_APPLIED else 'glibc default'})",
+        **compute_fields(),
         "devices": [str(d) for d in jax.devices()],
         "jax": jax.__version__,
         "python": platform.python_version(),
@@ -186,9 +207,22 @@ def dsm_loss(sde, score_fn, reduce_mean, params, key, x0):
     return jnp.mean(per_example)
 
 
+def compute_fields() -> dict:
+    """The networks' compute fields for this backend and the command line."""
+    on_cpu = jax.default_backend() == "cpu"
+    algorithm = ARGS.conv_algorithm
+    materialize = ARGS.materialize_blocks
+    return {
+        "conv_algorithm": ("winograd" if on_cpu else "direct")
+        if algorithm == "auto"
+        else algorithm,
+        "materialize_blocks": on_cpu if materialize == "auto" else materialize == "on",
+    }
+
+
 def bench(name: str) -> dict:
     key, sde, reduce_mean = CONFIGS[name]
-    model = preset(key)
+    model = preset(key, **compute_fields())
     b = ARGS.batch
     x0 = jax.random.uniform(jax.random.PRNGKey(0), (b, 32, 32, 3))
     if model.centered:

@@ -50,8 +50,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sde_jax.closed_form import ring_mixture  # noqa: E402
-from sde_jax.fast_sampling import time_of  # noqa: E402
-from sde_jax.sampling import SOLVERS, sample, solver_nfe  # noqa: E402
+from sde_jax.sampling import SOLVERS, sample, solver_nfe, time_of  # noqa: E402
 from sde_jax.sde import VESDE, VPSDE, SubVPSDE  # noqa: E402
 
 NFE_TARGETS = (5, 10, 20, 35, 50, 100, 200)
@@ -298,26 +297,21 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 def _load_digits_model(workdir):
     """The EMA score function of the digits run in ``workdir`` (read from a copy: never written)."""
     from configs.digits import get_config
-    from sde_jax.checkpoint import Checkpoints, check_signature
-    from sde_jax.config import Experiment
     from sde_jax.models import make_score_fn
-    from sde_jax.train import abstract_state, make_mesh
+    from sde_jax.programs.checkpoint import restore_ema
+    from sde_jax.programs.experiment import Experiment
+    from sde_jax.sharding import make_mesh
 
     exp = Experiment.from_config(get_config())
-    check_signature(workdir, exp.signature(), write=False)
-    model = exp.build_model()
     with tempfile.TemporaryDirectory() as tmp:
         copy = os.path.join(tmp, "run")
         shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("samples", "tensorboard"))
-        ckpts = Checkpoints(copy)
-        state, extra = ckpts.restore(abstract_state(exp, model, make_mesh()))
-        ckpts.close()
+        model, params, step = restore_ema(exp, copy, make_mesh())
     score = make_score_fn(exp.sde.build(), model, continuous=exp.training.continuous)
-    params = state.ema_params
     return (
         exp.sde.build(),
         functools.partial(lambda p, x, t: score({"params": p}, x, t), params),
-        int(extra["step"]),
+        step,
     )
 
 

@@ -21,19 +21,20 @@ sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r})
 import importlib, jax, numpy as np
 from jax.sharding import PartitionSpec
 from common import hardware
-from sde_jax.config import Experiment
-from sde_jax import train as T
+from sde_jax.programs.experiment import Experiment
+from sde_jax import sharding, training as T
 cfg = importlib.import_module("configs.{config}").get_config()
 cfg.training.batch_size = {batch}
 cfg.training.n_jitted_steps = 1
 exp = Experiment.from_config(cfg)
-model, mesh = exp.build_model(), T.make_mesh()
-opt = T.make_optimizer(exp.optim)
-shape = (exp.data.image_size, exp.data.image_size, exp.data.num_channels)
-state = jax.jit(lambda k: T.init_state(k, model, opt, shape), out_shardings=T._replicated(mesh))(jax.random.key(0))
-step = T.make_train_step(T.make_loss(exp.sde.build(), model, exp.training), opt, exp.model.ema_rate, mesh)
+model, mesh = exp.build_model(), sharding.make_mesh()
+opt = exp.optim.build()
+shape = exp.image_shape
+state = jax.jit(lambda k: T.init_state(k, model, opt, shape), out_shardings=sharding.replicated(mesh))(jax.random.key(0))
+loss_fn = T.make_loss(exp.sde.build(), model, **exp.training.loss_options())
+step = T.make_train_step(loss_fn, opt, exp.model.ema_rate, mesh)
 x = np.random.default_rng(0).uniform(-1, 1, (1, {batch}, *shape)).astype(np.float32)
-batch = T.global_batch(x, mesh, PartitionSpec(None, "data"))
+batch = sharding.global_batch(x, mesh, PartitionSpec(None, "data"))
 t0 = time.perf_counter(); state, loss = step(state, batch, jax.random.key(1)); loss.block_until_ready()
 compile_s = time.perf_counter() - t0
 t0 = time.perf_counter()

@@ -1,7 +1,7 @@
 """The settings every config starts from, and the paper's per-dataset defaults.
 
 A config is an ml-collections ConfigDict with the sections ``sde``, ``model``, ``training``,
-``optim``, ``sampling``, ``eval``, ``data`` and a ``seed``; :mod:`sde_jax.config` gives the meaning
+``optim``, ``sampling``, ``eval``, ``data`` and a ``seed``; :mod:`sde_jax.programs.config` gives the meaning
 of every field. The network fields of the paper's models come from
 :mod:`sde_jax.models.presets`, so the configs and the parameter-count tests share one source.
 """

@@ -47,7 +47,7 @@ def get_config():
     training = config.training
     training.batch_size = 128
     training.n_iters = 1500
-    training.n_jitted_steps = 1  # See sde_jax.train.make_train_step: loops are slow on CPU.
+    training.n_jitted_steps = 1  # See sde_jax.training.make_train_step: loops are slow on CPU.
     training.snapshot_freq = 750
     training.snapshot_freq_for_preemption = 250
     training.log_freq = 50

@@ -20,8 +20,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-from sde_jax.sampling import SOLVERS, _check_eps, _choice, solve_ode
-from sde_jax.sde import SDE, ScoreFn
+from sde_jax._checks import check_choice, check_eps
+from sde_jax.sampling import SOLVERS, solve_ode
+from sde_jax.sde import SDE, ScoreFn, sum_event
 
 Array = jax.Array
 
@@ -34,10 +35,6 @@ def _probe(key: Array, kind: str, shape: tuple[int, ...]) -> Array:
     return jax.random.rademacher(key, shape, jnp.float32)
 
 
-def _sum_event(v: Array) -> Array:
-    return jnp.sum(jnp.reshape(v, (v.shape[0], -1)), axis=-1)
-
-
 def _exact_divergence(f, x: Array) -> Array:
     # Score functions treat samples independently, so one JVP along basis vector e_d for the whole
     # batch yields every sample's column d of its own Jacobian.
@@ -46,7 +43,7 @@ def _exact_divergence(f, x: Array) -> Array:
 
     def diag_entry(e):
         e = jnp.broadcast_to(e, x.shape)
-        return _sum_event(jax.jvp(f, (x,), (e,))[1] * e)
+        return sum_event(jax.jvp(f, (x,), (e,))[1] * e)
 
     return jnp.sum(jax.lax.map(diag_entry, basis), axis=0)
 
@@ -85,11 +82,11 @@ def log_likelihood(
         ``(logp [B] in nats, z [B, *event] = x(T), nfe)``; ``nfe`` counts evaluations of the ODE's
         vector field (each one evaluation of the score with its divergence).
     """
-    _choice("trace", trace, TRACE_ESTIMATORS)
-    _choice("solver", solver, SOLVERS)
+    check_choice("trace", trace, TRACE_ESTIMATORS)
+    check_choice("solver", solver, SOLVERS)
     if x.ndim < 2:
         raise ValueError(f"`x` must be [B, *event]; got shape {tuple(x.shape)}.")
-    eps = _check_eps(sde, eps)
+    eps = check_eps(sde, eps)
     return _log_likelihood(
         key,
         sde,
@@ -115,7 +112,7 @@ def _log_likelihood_impl(key, sde, x, eps, rtol, atol, *, score_fn, trace, solve
         if trace == "exact":
             return drift(y), _exact_divergence(drift, y)
         f, jvp = jax.jvp(drift, (y,), (probe,))
-        return f, _sum_event(jvp * probe)
+        return f, sum_event(jvp * probe)
 
     (z, delta_logp), nfe = solve_ode(
         vector_field,

@@ -31,22 +31,13 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from sde_jax._checks import check_eps, check_sde
 from sde_jax.sde import SDE, VESDE, VPSDE, SubVPSDE, batch_broadcast
 
 Array = jax.Array
 # score_fn(params, x, t, *, train, key) -> score, as returned by sde_jax.models.make_score_fn.
 TrainScoreFn = Callable[..., Array]
 LossFn = Callable[[object, Array, Array], Array]
-
-
-def _integrated_beta(sde: VPSDE | SubVPSDE, t: Array) -> Array:
-    return sde.beta_min * t + 0.5 * (sde.beta_max - sde.beta_min) * t**2
-
-
-def _inverse_integrated_beta(sde: VPSDE | SubVPSDE, b: Array) -> Array:
-    # Root of beta_min t + (beta_max - beta_min) t^2 / 2 = b, written without cancellation.
-    slope = sde.beta_max - sde.beta_min
-    return 2.0 * b / (sde.beta_min + jnp.sqrt(sde.beta_min**2 + 2.0 * slope * b))
 
 
 def likelihood_weight_antiderivative(sde: SDE, t: Array) -> Array:
@@ -57,7 +48,7 @@ def likelihood_weight_antiderivative(sde: SDE, t: Array) -> Array:
     """
     if isinstance(sde, VESDE):
         return 2.0 * t * (jnp.log(sde.sigma_max) - jnp.log(sde.sigma_min))
-    b = _integrated_beta(sde, t)
+    b = sde.integrated_beta(t)
     if isinstance(sde, VPSDE):
         return jnp.log(jnp.expm1(b))
     return b + 2.0 * jnp.log(-jnp.expm1(-b))
@@ -70,7 +61,7 @@ def _inverse_antiderivative(sde: SDE, f: Array) -> Array:
         b = jax.nn.softplus(f)
     else:
         b = 2.0 * jnp.arcsinh(0.5 * jnp.exp(0.5 * f))
-    return _inverse_integrated_beta(sde, b)
+    return sde.inverse_integrated_beta(b)
 
 
 def sample_importance_time(key: Array, sde: SDE, n: int, eps: float) -> tuple[Array, Array]:
@@ -118,8 +109,7 @@ def make_loss_fn(
     Raises:
         ValueError: for combinations the paper does not define.
     """
-    if not isinstance(sde, VESDE | VPSDE | SubVPSDE):
-        raise ValueError(f"`sde` must be a VESDE, VPSDE or SubVPSDE; got {type(sde).__name__}.")
+    check_sde(sde)
     if not continuous and isinstance(sde, SubVPSDE):
         raise ValueError(
             "`continuous=False` is defined for VESDE (SMLD) and VPSDE (DDPM) only; "
@@ -129,8 +119,7 @@ def make_loss_fn(
         raise ValueError("`likelihood_weighting=True` requires `continuous=True`.")
     if importance_weighting and not likelihood_weighting:
         raise ValueError("`importance_weighting=True` requires `likelihood_weighting=True`.")
-    if not 0.0 < eps < sde.T:
-        raise ValueError(f"`eps` must lie in (0, T={sde.T}); got {eps}.")
+    check_eps(sde, eps)
 
     def reduce(v: Array) -> Array:
         v = jnp.reshape(v, (v.shape[0], -1))

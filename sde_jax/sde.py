@@ -43,7 +43,8 @@ def check_time(x: Array, t: Array) -> None:
         )
 
 
-def _sum_event(x: Array) -> Array:
+def sum_event(x: Array) -> Array:
+    """Sums ``x`` of shape ``[B, *event]`` over its event axes; returns ``[B]``."""
     return jnp.sum(jnp.reshape(x, (x.shape[0], -1)), axis=-1)
 
 
@@ -51,15 +52,9 @@ def _event_size(x: Array) -> int:
     return math.prod(x.shape[1:])
 
 
-def _timestep_index(t: Array, T: float, N: int) -> Array:
-    # The discrete tables are indexed by truncation (not rounding) of t (N - 1) / T, which is how the
-    # paper's discrete samplers map their time grid onto the N noise levels.
-    return (t * (N - 1) / T).astype(jnp.int32)
-
-
 def _standard_normal_logp(z: Array, scale: Array | float) -> Array:
     d = _event_size(z)
-    return -0.5 * d * jnp.log(2 * jnp.pi * scale**2) - _sum_event(z**2) / (2 * scale**2)
+    return -0.5 * d * jnp.log(2 * jnp.pi * scale**2) - sum_event(z**2) / (2 * scale**2)
 
 
 class _SDEMethods:
@@ -93,6 +88,13 @@ class _SDEMethods:
         """The reverse-time SDE (paper eq. 6) or probability-flow ODE (eq. 13) driven by
         ``score_fn(x, t)``."""
         return ReverseSDE(self, score_fn, probability_flow)
+
+    def timestep_index(self, t: Array) -> Array:
+        r"""The index :math:`i` of the discrete noise level at time ``t``, :math:`\lfloor t(N-1)/T
+        \rfloor` (int32, shaped like ``t``)."""
+        # Truncation, not rounding: that is how the paper's discrete samplers map their time grid
+        # onto the N noise levels.
+        return (t * (self.N - 1) / self.T).astype(jnp.int32)
 
     def euler_maruyama_discretize(self, x: Array, t: Array) -> tuple[Array, Array]:
         r"""One Euler–Maruyama step of size :math:`T/N`:
@@ -129,9 +131,16 @@ class _BetaSchedule:
     def beta(self, t: Array) -> Array:
         return self.beta_min + t * (self.beta_max - self.beta_min)
 
-    def _log_mean_coef(self, t: Array) -> Array:
-        # \log m(t) = -\tfrac12 \int_0^t \beta(s) ds.
-        return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+    def integrated_beta(self, t: Array) -> Array:
+        r""":math:`B(t) = \int_0^t \beta = \beta_0 t + \tfrac12(\beta_1 - \beta_0)t^2`, shaped like
+        ``t``."""
+        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
+
+    def inverse_integrated_beta(self, b: Array) -> Array:
+        r"""The time :math:`t \ge 0` with :math:`B(t) = b`, shaped like ``b``."""
+        # The positive root of the quadratic, written without cancellation.
+        slope = self.beta_max - self.beta_min
+        return 2.0 * b / (self.beta_min + jnp.sqrt(self.beta_min**2 + 2.0 * slope * b))
 
     @property
     def discrete_betas(self) -> Array:
@@ -178,14 +187,14 @@ class VPSDE(_BetaSchedule, _SDEMethods):
         return jnp.sqrt(self.beta(t))
 
     def marginal_coefs(self, t: Array) -> tuple[Array, Array]:
-        log_m = self._log_mean_coef(t)
+        log_m = -0.5 * self.integrated_beta(t)
         return jnp.exp(log_m), jnp.sqrt(-jnp.expm1(2.0 * log_m))
 
     def discretize(self, x: Array, t: Array) -> tuple[Array, Array]:
         r"""DDPM discretization: :math:`x_{i+1} = \sqrt{1-\beta_i}\,x_i + \sqrt{\beta_i}\,z`, so
         :math:`f_i = (\sqrt{1-\beta_i} - 1)x` and :math:`G_i = \sqrt{\beta_i}`."""
         check_time(x, t)
-        i = _timestep_index(t, self.T, self.N)
+        i = self.timestep_index(t)
         beta = self.discrete_betas[i]
         return batch_broadcast(jnp.sqrt(1.0 - beta), x) * x - x, jnp.sqrt(beta)
 
@@ -212,11 +221,11 @@ class SubVPSDE(_BetaSchedule, _SDEMethods):
     sampling_eps = 1e-3
 
     def diffusion(self, t: Array) -> Array:
-        discount = -jnp.expm1(-2.0 * self.beta_min * t - (self.beta_max - self.beta_min) * t**2)
+        discount = -jnp.expm1(-2.0 * self.integrated_beta(t))
         return jnp.sqrt(self.beta(t) * discount)
 
     def marginal_coefs(self, t: Array) -> tuple[Array, Array]:
-        log_m = self._log_mean_coef(t)
+        log_m = -0.5 * self.integrated_beta(t)
         return jnp.exp(log_m), -jnp.expm1(2.0 * log_m)
 
     def discretize(self, x: Array, t: Array) -> tuple[Array, Array]:
@@ -266,7 +275,7 @@ class VESDE(_SDEMethods):
     def adjacent_sigmas(self, t: Array) -> tuple[Array, Array]:
         r"""The discrete noise level :math:`\sigma_i` at ``t`` and the next smaller one
         :math:`\sigma_{i-1}` (0 below the first), both shaped like ``t``."""
-        i = _timestep_index(t, self.T, self.N)
+        i = self.timestep_index(t)
         sigmas = self.discrete_sigmas
         return sigmas[i], jnp.where(i == 0, 0.0, sigmas[jnp.maximum(i - 1, 0)])
 

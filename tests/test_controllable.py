@@ -17,7 +17,6 @@ import pytest
 from gaussians import energy_distance
 from hlo import loop_bodies_and_host_ops
 
-from sde_jax import controllable
 from sde_jax.closed_form import GaussianMixture
 from sde_jax.controllable import (
     classifier_free_guidance,
@@ -26,6 +25,7 @@ from sde_jax.controllable import (
     gray_scale,
     guided_ode_sample,
     guided_pc_sample,
+    masked,
     pc_colorize,
     pc_inpaint,
 )
@@ -311,7 +311,7 @@ def test_classifier_free_guidance_w_zero_samples_the_class(sde_name):
 def test_masked_sampler_loop_runs_on_device():
     sde = VPSDE(N=10)
     gm, *_ = _gaussian()
-    lowered = controllable._pc_masked.lower(
+    lowered = masked._pc_masked.lower(
         jax.random.key(0),
         sde,
         jnp.zeros((4, *SHAPE)),

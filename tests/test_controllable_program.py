@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sde_jax.conditional_sample import load_images, load_mask, named_mask, run_task
-from sde_jax.config import Experiment
 from sde_jax.models.ncsnpp import embed_class_labels
+from sde_jax.programs.conditional_sample import load_images, load_mask, named_mask, run_task
+from sde_jax.programs.experiment import Experiment
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -128,7 +128,7 @@ class _LabelledNet(nn.Module):
 def test_label_dropout_one_trains_the_unconditional_score():
     """With every label dropped the class-conditional loss is the null-token loss; with none
     dropped it is not."""
-    from sde_jax.train import make_loss
+    from sde_jax.training import make_loss
 
     config = importlib.import_module("configs.tiny").get_config()
     config.model.num_classes = 10
@@ -139,11 +139,18 @@ def test_label_dropout_one_trains_the_unconditional_score():
     params = model.init(jax.random.key(1), x, jax.numpy.zeros(4))["params"]
     labels = jax.numpy.arange(4)
     key = jax.random.key(2)
-    cond = make_loss(sde, model, exp.training, num_classes=10)(params, key, (x, labels))
-    null = make_loss(sde, model, exp.training)(params, jax.random.split(key)[1], x)
+
+    def loss(training, **kwargs):
+        return make_loss(sde, model, **training.loss_options(), **kwargs)
+
+    dropout = dict(num_classes=10, label_dropout=exp.training.label_dropout)
+    cond = loss(exp.training, **dropout)(params, key, (x, labels))
+    null = loss(exp.training)(params, jax.random.split(key)[1], x)
     np.testing.assert_allclose(cond, null, rtol=1e-6)
     exp0 = dataclasses_replace(exp, 0.0)
-    kept = make_loss(sde, model, exp0.training, num_classes=10)(params, key, (x, labels))
+    kept = loss(exp0.training, num_classes=10, label_dropout=exp0.training.label_dropout)(
+        params, key, (x, labels)
+    )
     assert not np.allclose(kept, null)
 
 
@@ -157,8 +164,8 @@ def dataclasses_replace(exp, dropout):
 def test_tasks_end_to_end(tmp_path):
     """Train a tiny class-conditional model and a tiny classifier, then inpaint, sample a class with
     classifier-free guidance and with classifier guidance."""
-    from sde_jax.train import train
-    from sde_jax.train_classifier import train_classifier
+    from sde_jax.programs.classifier import run_train_classifier_mode as train_classifier
+    from sde_jax.programs.train import run_train_mode as train
 
     config = importlib.import_module("configs.tiny").get_config()
     config.model.num_classes = 10
@@ -210,7 +217,7 @@ def dataclasses_sampling(exp, **fields):
 @pytest.mark.slow
 def test_colorize_end_to_end(tmp_path):
     """A tiny RGB model on a folder of images: the colorize task's inputs, outputs and grid."""
-    from sde_jax.train import train
+    from sde_jax.programs.train import run_train_mode as train
 
     folder = tmp_path / "rgb"
     folder.mkdir()
@@ -241,7 +248,7 @@ def test_colorize_end_to_end(tmp_path):
 
 
 def test_rows_run_in_rounds_with_one_key_per_round():
-    from sde_jax.conditional_sample import _in_rounds
+    from sde_jax.programs.conditional_sample import _in_rounds
 
     def fn(params, key, rows):
         noise = jax.random.uniform(key, (rows.shape[0],))
@@ -284,7 +291,7 @@ def test_classifier_log_probs_are_normalized_and_noise_dependent():
 def test_load_classifier_errors(tmp_path):
     import json
 
-    from sde_jax.train_classifier import load_classifier
+    from sde_jax.programs.classifier import load_classifier
 
     exp = _exp()
     with pytest.raises(FileNotFoundError, match=r"holds no classifier.*--mode=train_classifier"):
@@ -296,7 +303,7 @@ def test_load_classifier_errors(tmp_path):
 
 
 def test_train_classifier_needs_its_section():
-    from sde_jax.train_classifier import split_config
+    from sde_jax.programs.classifier import split_config
 
     with pytest.raises(ValueError, match=r"needs a config with a `classifier` section"):
         split_config(importlib.import_module("configs.tiny").get_config())

@@ -17,6 +17,8 @@ from model_fixtures import (
 )
 
 from sde_jax import convert
+from sde_jax.convert import layout
+from sde_jax.convert.__main__ import main as convert_main
 from sde_jax.models import NCSNpp
 
 NAME = "ncsnpp_small_ve"
@@ -130,7 +132,7 @@ def test_save_and_load_converted(tmp_path):
 def test_command_line(tmp_path, capsys):
     pytest.importorskip("torch")
     out_dir = tmp_path / "converted"
-    code = convert.main(
+    code = convert_main(
         [
             "--checkpoint",
             str(DATA / f"{NAME}_checkpoint.pth"),
@@ -167,7 +169,7 @@ def test_project_config_format():
     paper = config()
     fields = {
         k: paper["model"][k]
-        for k in convert._NCSNPP_FIELDS
+        for k in layout.NCSNPP_FIELDS
         if k not in ("sigma_min", "sigma_max", "num_scales")
     }
     project = {

@@ -1,5 +1,5 @@
-"""Few-step samplers (EDM Heun, DPM-Solver++(2M) and (3M), UniPC, DDIM, fixed-grid ODE), their
-step schedules and the `sample` entry point, driven by the exact score of closed-form targets."""
+"""Few-step samplers (EDM Heun, DPM-Solver++(2M) and (3M), UniPC, DDIM, fixed-grid ODE) and the
+`sample` entry point, driven by the exact score of closed-form targets."""
 
 import functools
 
@@ -10,9 +10,21 @@ import pytest
 from gaussians import exact_sample_bound, image_gaussian_diag, mixture_2d, sample_stats
 from hlo import loop_bodies_and_host_ops
 
-from sde_jax import fast_sampling, sampling
-from sde_jax.closed_form import GaussianMixture, ring_mixture
-from sde_jax.sampling import METHODS, method_options, pc_sample, sample, solver_nfe
+from sde_jax.closed_form import ring_mixture
+from sde_jax.sampling import (
+    FEW_STEP_METHODS,
+    METHODS,
+    SOLVERS,
+    ddim,
+    edm,
+    levels,
+    method_options,
+    multistep,
+    ode_sample,
+    pc_sample,
+    sample,
+    solver_nfe,
+)
 from sde_jax.sde import VESDE, VPSDE, SubVPSDE
 
 SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE()}
@@ -54,7 +66,7 @@ def _expected_nfe(method, options, n):
     if method in ("edm_heun", "edm_stochastic"):
         return 2 * n - 1 - ("s_max" in options)
     if method == "ode":
-        return int(solver_nfe(sampling.SOLVERS[options["solver"]](), n)) + 1
+        return int(solver_nfe(SOLVERS[options["solver"]](), n)) + 1
     return n
 
 
@@ -145,97 +157,6 @@ def test_nfe_is_exact(case):
 
 
 @pytest.mark.parametrize("sde_name", list(SDES))
-def test_time_of_inverts_noise_to_signal(sde_name):
-    sde = SDES[sde_name]
-    t = jnp.linspace(sde.sampling_eps, sde.T, 101)
-    s = fast_sampling.noise_to_signal(sde, t)
-    assert bool(jnp.all(jnp.diff(s) > 0))
-    np.testing.assert_allclose(fast_sampling.time_of(sde, s), t, rtol=2e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("sde_name", list(SDES))
-def test_denoiser_is_the_exact_posterior_mean(sde_name):
-    """For Gaussian data N(mu, C), E[x0 | x_t] = mu + alpha C (alpha^2 C + sigma^2 I)^-1 (x - alpha mu)."""
-    sde = SDES[sde_name]
-    rng = np.random.default_rng(0)
-    a = rng.normal(size=(3, 3))
-    cov, mu = a @ a.T + 0.2 * np.eye(3), rng.normal(size=3)
-    gm = GaussianMixture.gaussian(mu, cov)
-    for t in (0.01, 0.3, 0.9):
-        alpha, sigma = (float(v) for v in sde.marginal_coefs(jnp.asarray(t)))
-        x = rng.normal(size=(4, 3)) * 3.0
-        s = fast_sampling.noise_to_signal(sde, jnp.asarray(t, jnp.float32))
-        d = fast_sampling.denoiser(sde, gm.score_fn(sde), jnp.asarray(x / alpha, jnp.float32), s)
-        gain = alpha * cov @ np.linalg.inv(alpha**2 * cov + sigma**2 * np.eye(3))
-        expected = mu + (x - alpha * mu) @ gain.T
-        np.testing.assert_allclose(d, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
-
-
-def test_edm_schedule_endpoints_and_order():
-    s = fast_sampling.edm_schedule(jnp.arange(12), 10, 80.0, 0.002, 7.0)
-    np.testing.assert_allclose(s[jnp.array([0, 9])], [80.0, 0.002], rtol=1e-5)
-    assert bool(jnp.all(jnp.diff(s[:10]) < 0)) and bool(jnp.all(s[10:] == 0))
-
-
-@pytest.mark.parametrize("sde_name", list(SDES))
-@pytest.mark.parametrize("schedule", fast_sampling.SCHEDULES)
-def test_schedules_run_from_s_max_to_s_min(sde_name, schedule):
-    """Every schedule starts at s(T), ends at s(eps) after n - 1 decreasing steps, then is 0."""
-    sde = SDES[sde_name]
-    eps = jnp.asarray(sde.sampling_eps, jnp.float32)
-    s = fast_sampling.schedule_level(sde, schedule, jnp.arange(12), 10, eps, jnp.float32(7.0))
-    ends = fast_sampling.noise_to_signal(sde, jnp.asarray([sde.T, sde.sampling_eps], jnp.float32))
-    np.testing.assert_allclose(s[jnp.array([0, 9])], ends, rtol=1e-4)
-    assert bool(jnp.all(jnp.diff(s[:10]) < 0)) and bool(jnp.all(s[10:] == 0))
-    if schedule == "logsnr":  # Equal steps in log s.
-        np.testing.assert_allclose(jnp.diff(jnp.log(s[:10])), jnp.log(ends[1] / ends[0]) / 9, 1e-3)
-    if schedule == "time_uniform":
-        t = fast_sampling.time_of(sde, s[:10])
-        np.testing.assert_allclose(jnp.diff(t), (sde.sampling_eps - sde.T) / 9, rtol=1e-3)
-
-
-@pytest.mark.parametrize("sde_name", list(SDES))
-@pytest.mark.parametrize("schedule", fast_sampling.SCHEDULES)
-def test_s_max_jumps_then_runs_the_schedule_below_it(sde_name, schedule):
-    """With s_max: s_0 = s(T), then n - 1 levels of the schedule from s_max down to s(eps)."""
-    sde = SDES[sde_name]
-    eps = jnp.asarray(sde.sampling_eps, jnp.float32)
-    i = jnp.arange(12)
-    s = fast_sampling.schedule_level(sde, schedule, i, 10, eps, jnp.float32(7.0), jnp.float32(5.0))
-    plain = fast_sampling.schedule_level(sde, schedule, i, 10, eps, jnp.float32(7.0))
-    np.testing.assert_allclose(s[jnp.array([0, 1, 9])], [plain[0], 5.0, plain[9]], rtol=1e-4)
-    assert bool(jnp.all(jnp.diff(s[:10]) < 0)) and bool(jnp.all(s[10:] == 0))
-    if schedule == "logsnr":
-        np.testing.assert_allclose(jnp.diff(jnp.log(s[1:10])), jnp.log(s[9] / 5.0) / 8, 1e-3)
-    if schedule == "time_uniform":
-        t = fast_sampling.time_of(sde, s[1:10])
-        t_hi = fast_sampling.time_of(sde, jnp.float32(5.0))
-        np.testing.assert_allclose(jnp.diff(t), (sde.sampling_eps - t_hi) / 8, rtol=1e-3)
-
-
-@pytest.mark.parametrize("sde_name", list(SDES))
-def test_jump_to_s_max_is_exact_for_gaussian_data(sde_name):
-    """For data N(0, c^2) the probability-flow path keeps y / sqrt(c^2 + s^2) constant. The
-    midpoint rule in u = 1/s is exact for a D affine in u, which it is here up to a relative
-    O((c/s)^2): at s_max = 5c the jump is within 2e-4 s_max of the exact point (measured: float32
-    rounding, 2e-5 to 5e-5), where D held at s(T) (the left-point rule) would be off by about
-    c^2 / (2 s_max^2) = 2e-2 s_max."""
-    sde, c, s_max = SDES[sde_name], 0.5, 2.5
-
-    def score_fn(x, t):
-        alpha, sigma = sde.marginal_coefs(t)
-        return -x / (alpha**2 * c**2 + sigma**2)[:, None]
-
-    f32 = lambda v: jnp.asarray(v, jnp.float32)
-    grid = fast_sampling._Grid(sde, f32(10), f32(sde.sampling_eps), f32(7.0), "logsnr", f32(s_max))
-    y0 = fast_sampling._prior(sde, jax.random.key(0), (256, 1))
-    y1, first = fast_sampling._jump(sde, score_fn, grid, y0)
-    exact = y0 * np.sqrt(c**2 + s_max**2) / np.sqrt(c**2 + float(grid.s_top) ** 2)
-    assert first == 1
-    assert float(jnp.max(jnp.abs(y1 - exact))) < 2e-4 * s_max
-
-
-@pytest.mark.parametrize("sde_name", list(SDES))
 @pytest.mark.parametrize("method", ["unipc", "dpm_solver_3m"])
 def test_s_max_at_the_data_scale_samples_the_ring_at_20_nfe(sde_name, method):
     """The README's quality-against-NFE result, at the size of one exact-sample set: on the
@@ -247,7 +168,7 @@ def test_s_max_at_the_data_scale_samples_the_ring_at_20_nfe(sde_name, method):
     gm = ring_mixture()
     reference, bound = exact_sample_bound(gm, N_SAMPLES, NULL_REPS, null_seed=40_000)
     # VE's default s(eps) is sigma_min = 0.01 already.
-    eps = None if sde_name == "ve" else float(fast_sampling.time_of(sde, jnp.float32(0.01)))
+    eps = None if sde_name == "ve" else float(levels.time_of(sde, jnp.float32(0.01)))
     x, nfe = sample(
         jax.random.key(9), gm.score_fn(sde), sde, (N_SAMPLES, 2), method=method,
         num_steps=20, s_max=6.0, eps=eps,
@@ -272,11 +193,9 @@ def _gaussian_ode_error(sde, method, num_steps, **options):
     )
     s_max, s_min = (
         float(v)
-        for v in fast_sampling.noise_to_signal(
-            sde, jnp.asarray([sde.T, sde.sampling_eps], jnp.float32)
-        )
+        for v in levels.noise_to_signal(sde, jnp.asarray([sde.T, sde.sampling_eps], jnp.float32))
     )
-    y_t = fast_sampling._prior(sde, jax.random.key(0), (64, 1))
+    y_t = levels.scaled_prior_sample(sde, jax.random.key(0), (64, 1))
     y_min = y_t * np.sqrt(c**2 + s_min**2) / np.sqrt(c**2 + s_max**2)
     return float(jnp.max(jnp.abs(x - y_min * c**2 / (c**2 + s_min**2))))
 
@@ -321,7 +240,7 @@ def test_sample_dispatches_to_pc_and_ode():
     np.testing.assert_array_equal(a, b)
     assert int(nfe_a) == int(nfe_b) == 40
     c, _ = sample(jax.random.key(0), score_fn, sde, (16, 2), method="ode", rtol=1e-3, atol=1e-3)
-    d, _ = sampling.ode_sample(jax.random.key(0), score_fn, sde, (16, 2), rtol=1e-3, atol=1e-3)
+    d, _ = ode_sample(jax.random.key(0), score_fn, sde, (16, 2), rtol=1e-3, atol=1e-3)
     np.testing.assert_array_equal(c, d)
 
 
@@ -354,11 +273,11 @@ def test_loop_runs_on_device(method):
     sde = VPSDE()
     gm = mixture_2d()
     fn = {
-        "edm_stochastic": fast_sampling._edm_sample,
-        "dpm_solver_2m": fast_sampling._dpm_solver_2m_sample,
-        "dpm_solver_3m": fast_sampling._multistep_sample,
-        "unipc": fast_sampling._multistep_sample,
-        "ddim": fast_sampling._ddim_sample,
+        "edm_stochastic": edm._edm_sample,
+        "dpm_solver_2m": multistep._dpm_solver_2m_sample,
+        "dpm_solver_3m": multistep._multistep_sample,
+        "unipc": multistep._multistep_sample,
+        "ddim": ddim._ddim_sample,
     }[method]
     f32 = lambda v: jnp.asarray(v, jnp.float32)
     # The jump to s_max takes the other branch of the schedule (and of EDM's first step).
@@ -434,112 +353,13 @@ def test_method_options_name_each_methods_keywords():
     assert {"controller", "num_steps", "rtol"} <= set(method_options("ode"))
 
 
-# ---------------------------------------------------------------------------------------------
-# The program's config: config.sampling selects any method of `sample`.
-
-
-def _tiny_config(tmp_path, **sampling):
-    from configs.tiny import get_config
-
-    config = get_config()
-    config.data.data_dir = str(tmp_path / "tfds")
-    for field, value in sampling.items():
-        config.sampling[field] = value
-    return config
-
-
-def test_config_methods_are_the_samplers_methods():
-    from sde_jax.config import SAMPLING_METHODS
-
-    assert set(SAMPLING_METHODS) == set(METHODS)
-
-
-@pytest.mark.parametrize(
-    "sampling, match",
-    [
-        (dict(method="dpm_solver"), r"config.sampling.method must be one of \[.*'dpm_solver_2m'"),
-        (dict(method="ddim", num_steps=1), "config.sampling.num_steps must be an int >= 2"),
-        (dict(method="ddim", eta=-0.5), r"config.sampling.eta must lie in \[0, 1\]"),
-        (dict(rho=0.0), "config.sampling.rho must be > 0"),
-        (dict(s_churn=-1.0), "config.sampling.s_churn must be >= 0"),
-        (dict(s_tmin=5.0, s_tmax=1.0), "config.sampling.s_tmax"),
-        (dict(ode_controller="constant"), r"config.sampling.ode_controller must be one of"),
-        (dict(method="edm_heun", noise_removal=False), "noise_removal=False applies to 'pc'"),
-        (dict(method="unipc", schedule="linear"), r"config.sampling.schedule must be one of"),
-        (dict(method="pc", schedule="logsnr"), "config.sampling.schedule applies to"),
-        (dict(method="unipc", order=0), "config.sampling.order must be 1, 2 or 3"),
-        (dict(method="unipc", s_max=-1.0), "config.sampling.s_max must be >= 0"),
-        (dict(method="pc", s_max=5.0), "config.sampling.s_max applies to"),
-        (dict(num_step=20), r"unknown field\(s\) \['num_step'\] in config.sampling"),
-    ],
-)
-def test_bad_sampling_config_is_a_clear_error(tmp_path, sampling, match):
-    from sde_jax.config import Experiment
-
-    config = _tiny_config(tmp_path)
-    config.sampling.unlock()  # Lets the misspelled field in, as a wrong --config flag would try.
-    for field, value in sampling.items():
-        config.sampling[field] = value
-    with pytest.raises(ValueError, match=match):
-        Experiment.from_config(config)
-
-
-def test_sampler_options_pass_only_the_methods_fields(tmp_path):
-    from sde_jax.config import Experiment
-    from sde_jax.generate import sampler_options
-
-    def options(**sampling):
-        return sampler_options(Experiment.from_config(_tiny_config(tmp_path, **sampling)).sampling)
-
-    assert options(method="pc", predictor="reverse_diffusion", corrector="langevin") == dict(
-        predictor="reverse_diffusion",
-        corrector="langevin",
-        snr=0.16,
-        n_steps=1,
-        denoise=True,
-        probability_flow=False,
+def test_few_step_methods_are_the_methods_on_noise_levels():
+    assert isinstance(METHODS, dict)
+    assert FEW_STEP_METHODS == (
+        "edm_heun",
+        "edm_stochastic",
+        "dpm_solver_2m",
+        "dpm_solver_3m",
+        "unipc",
+        "ddim",
     )
-    assert options(method="ode") == dict(
-        solver="dopri5", controller="pid", rtol=1e-5, atol=1e-5, denoise=True
-    )
-    assert options(method="ode", ode_controller="fixed", num_steps=12) == dict(
-        solver="dopri5", controller="fixed", num_steps=12, rho=7.0, denoise=True
-    )
-    assert options(method="ddim", eta=0.5, num_steps=9) == dict(num_steps=9, rho=7.0, eta=0.5)
-    assert options(method="dpm_solver_2m") == dict(num_steps=18, rho=7.0)
-    assert options(method="dpm_solver_2m", schedule="logsnr") == dict(
-        num_steps=18, rho=7.0, schedule="logsnr"
-    )
-    assert options(method="ddim", s_max=5.0) == dict(num_steps=18, rho=7.0, s_max=5.0, eta=0.0)
-    assert options(method="unipc", order=2, lower_order_final=False) == dict(
-        num_steps=18, rho=7.0, order=2, lower_order_final=False
-    )
-    assert set(options(method="edm_stochastic")) == {
-        "num_steps",
-        "rho",
-        "s_churn",
-        "s_tmin",
-        "s_tmax",
-        "s_noise",
-    }
-    for method in METHODS:
-        assert set(options(method=method)) <= set(method_options(method))
-
-
-@pytest.mark.parametrize(
-    "sampling", [dict(method="dpm_solver_2m"), dict(method="unipc", s_max=5.0)], ids=str
-)
-def test_sample_mode_runs_a_fast_method(tmp_path, sampling):
-    """--mode=sample with a few-step method (and s_max): NFE = num_steps."""
-    from sde_jax.config import Experiment
-    from sde_jax.convert import save_as_run
-    from sde_jax.generate import run_sample_mode
-    from sde_jax.train import init_state, make_optimizer
-
-    config = _tiny_config(tmp_path, num_steps=3, num_samples=4, **sampling)
-    exp = Experiment.from_config(config)
-    state = init_state(jax.random.key(0), exp.build_model(), make_optimizer(exp.optim), (8, 8, 1))
-    save_as_run(tmp_path / "run", config, state.params, state.params, step=1)
-    out = run_sample_mode(exp, str(tmp_path / "run"))
-    saved = np.load(f"{out}/samples.npz")
-    assert saved["images"].shape == (4, 8, 8, 1) and int(saved["nfe"]) == 3

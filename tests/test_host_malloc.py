@@ -9,13 +9,13 @@ import sys
 
 import pytest
 
-from sde_jax import host_malloc
+from sde_jax.programs import host_malloc
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 _FAULTS = r"""
 import json, resource, sys
-from sde_jax import host_malloc
+from sde_jax.programs import host_malloc
 applied = host_malloc.apply_policy(sys.argv[1])
 import jax, jax.numpy as jnp
 # A cumulative sum is not fused with its consumer, so its 64 MiB result is a temporary buffer of
@@ -66,7 +66,7 @@ def test_keep_stops_refaulting_the_temporary_buffer_on_every_call():
 
 _AUTO = r"""
 import json
-from sde_jax import host_malloc
+from sde_jax.programs import host_malloc
 print(json.dumps(dict(cpu=host_malloc.computes_on_cpu(), applied=host_malloc.apply_policy("auto"))))
 """
 
@@ -87,7 +87,7 @@ def test_unknown_policy_names_the_field():
 
 def test_experiment_rejects_an_unknown_policy():
     from configs.tiny import get_config
-    from sde_jax.config import Experiment
+    from sde_jax.programs.experiment import Experiment
 
     config = get_config()
     assert Experiment.from_config(config).host_malloc == "auto"

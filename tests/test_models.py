@@ -101,6 +101,39 @@ def test_bad_sizes_and_fields():
         get_model("ncsnpp", channel_mult=(1, 2))
 
 
+@pytest.mark.parametrize(
+    "field,value,allowed",
+    [
+        ("conv_algorithm", "fft", r"\['direct', 'winograd'\]"),
+        ("winograd_min_channels", 0, "positive int"),
+        ("materialize_blocks", "yes", "True or False"),
+    ],
+)
+@pytest.mark.parametrize("name", ["ncsnpp", "ddpm"])
+def test_bad_compute_fields(name, field, value, allowed):
+    fields = dict(SMALL, nf=32) if name == "ddpm" else SMALL
+    with pytest.raises(ValueError, match=f"`{field}`.*{allowed}"):
+        get_model(name, **fields, **{field: value})
+
+
+@pytest.mark.parametrize("name", ["ncsnpp", "ddpm"])
+def test_compute_fields_change_neither_parameters_nor_outputs(name):
+    fields = dict(SMALL, nf=32, ch_mult=(1, 1)) if name == "ddpm" else SMALL
+    compute = dict(conv_algorithm="winograd", winograd_min_channels=1, materialize_blocks=True)
+    plain, tuned = get_model(name, **fields), get_model(name, **fields, **compute)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3))
+    t = jnp.array([10.0, 500.0])
+    variables = jax.jit(plain.init)(jax.random.PRNGKey(0), x, t)
+    tuned_shapes = jax.eval_shape(lambda: tuned.init(jax.random.PRNGKey(0), x, t))
+    assert jax.tree_util.tree_structure(tuned_shapes) == jax.tree_util.tree_structure(variables)
+    jaxprs = [str(jax.make_jaxpr(m.apply)(variables, x, t)) for m in (plain, tuned)]
+    convs, divs = ([j.count(op) for j in jaxprs] for op in ("conv_general_dilated", " div "))
+    assert convs[1] < convs[0] and divs[1] > divs[0]
+    want = jax.jit(plain.apply)(variables, x, t)
+    got = jax.jit(tuned.apply)(variables, x, t)
+    assert np.max(np.abs(got - want)) <= 1e-5 * np.max(np.abs(want))
+
+
 def _init(model, shape):
     x = jnp.zeros(shape)
     return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, jnp.ones(shape[:1])))

@@ -13,8 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from sde_jax.config import Experiment
-from sde_jax.summary import read_scalars
+from sde_jax.programs.experiment import Experiment
+from sde_jax.programs.summary import read_scalars
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -93,7 +93,8 @@ def data_dir(tmp_path_factory):
 
 @pytest.mark.parametrize("name", sorted(PAPER_CONFIGS))
 def test_paper_configs_build_with_reference_parameter_counts(name):
-    from sde_jax.train import abstract_state, make_mesh
+    from sde_jax.programs.checkpoint import abstract_state
+    from sde_jax.sharding import make_mesh
 
     overrides = {"data.folder": "/nonexistent"} if name == "ve_ffhq256" else {}
     exp = Experiment.from_config(load_config(name, **overrides))
@@ -143,13 +144,13 @@ _TRAIN_PROBE = """
 import json, sys, jax, numpy as np
 sys.path.insert(0, {root!r})
 from configs.tiny import get_config
-from sde_jax.config import Experiment
-from sde_jax import train as T
+from sde_jax.programs.experiment import Experiment
+from sde_jax.programs.train import run_train_mode
 cfg = get_config()
 cfg.data.data_dir = {data_dir!r}
 cfg.training.snapshot_sampling = False
 exp = Experiment.from_config(cfg)
-state = T.train(exp, {workdir!r})
+state = run_train_mode(exp, {workdir!r})
 leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves(state.params)]
 print(json.dumps({{"devices": jax.device_count(), "sum": sum(float(l.sum()) for l in leaves),
                   "abs": sum(float(np.abs(l).sum()) for l in leaves),
@@ -211,8 +212,8 @@ def test_killed_run_resumes_to_identical_parameters(tmp_path, data_dir):
     assert not (killed / "checkpoints" / "40").exists(), "the run finished before it was killed"
     _main("train", killed, data_dir, *extra)
 
-    from sde_jax.checkpoint import Checkpoints
-    from sde_jax.train import abstract_state, make_mesh
+    from sde_jax.programs.checkpoint import Checkpoints, abstract_state
+    from sde_jax.sharding import make_mesh
 
     exp = Experiment.from_config(load_config("tiny"))
     target = abstract_state(exp, exp.build_model(), make_mesh())
@@ -312,13 +313,13 @@ def test_unprepared_dataset_names_the_prepare_command(tmp_path):
 def test_converted_weights_are_a_run_that_sample_mode_loads(tmp_path, data_dir):
     """The converter's output directory is a workdir: --mode=sample uses its EMA weights."""
     from sde_jax.convert import save_as_run
-    from sde_jax.generate import run_sample_mode
-    from sde_jax.train import init_state, make_optimizer
+    from sde_jax.programs.sample import run_sample_mode
+    from sde_jax.training import init_state
 
     config = load_config("tiny", **{"data.data_dir": data_dir, "sampling.num_samples": 4})
     exp = Experiment.from_config(config)
     model = exp.build_model()
-    state = init_state(jax.random.key(3), model, make_optimizer(exp.optim), (8, 8, 1))
+    state = init_state(jax.random.key(3), model, exp.optim.build(), (8, 8, 1))
     ema = jax.tree.map(lambda p: p + 0.01, state.params)
     save_as_run(tmp_path / "converted", config, state.params, ema, step=7)
     out = run_sample_mode(exp, str(tmp_path / "converted"))

@@ -9,8 +9,7 @@ import pytest
 from gaussians import exact_sample_bound, image_gaussian_diag, mixture_2d, sample_stats
 from hlo import loop_bodies_and_host_ops
 
-from sde_jax import sampling
-from sde_jax.sampling import CORRECTORS, PREDICTORS, SOLVERS, ode_sample, pc_sample
+from sde_jax.sampling import CORRECTORS, PREDICTORS, SOLVERS, ode, ode_sample, pc, pc_sample
 from sde_jax.sde import VESDE, VPSDE, SubVPSDE
 
 SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE()}
@@ -208,7 +207,7 @@ def test_samplers_compile_once(kind):
 def test_pc_loop_runs_on_device(predictor, corrector):
     sde = VPSDE(N=20)
     gm = mixture_2d()
-    lowered = sampling._pc_sample.lower(
+    lowered = pc._pc_sample.lower(
         jax.random.key(0),
         sde,
         0.16,
@@ -228,7 +227,7 @@ def test_pc_loop_runs_on_device(predictor, corrector):
 def test_ode_loop_runs_on_device():
     sde = VESDE()
     gm = mixture_2d()
-    lowered = sampling._ode_sample.lower(
+    lowered = ode._ode_sample.lower(
         jax.random.key(0),
         sde,
         None,
@@ -254,7 +253,7 @@ def test_host_op_detector_sees_a_callback_in_the_loop():
         jax.debug.print("{}", t[0])
         return gm.score(sde, x, t)
 
-    lowered = sampling._pc_sample.lower(
+    lowered = pc._pc_sample.lower(
         jax.random.key(0),
         sde,
         0.16,

@@ -336,3 +336,24 @@ def test_mismatched_time_batch_raises(name):
             sde.sde(x, bad_t)
         with pytest.raises(ValueError, match="`t` must have shape"):
             sde.discretize(x, bad_t)
+
+
+@pytest.mark.parametrize("name", ["vp", "subvp"])
+def test_integrated_beta_and_its_inverse(name):
+    """B(t) is the integral of beta (trapezoid rule is exact for a linear beta), m(t) = exp(-B/2),
+    and the inverse maps B(t) back to t."""
+    sde = SDES[name]
+    t = jnp.linspace(0.0, sde.T, 201)
+    b = sde.integrated_beta(t)
+    beta = np.asarray(sde.beta(t), np.float64)
+    trapezoid = np.concatenate([[0.0], np.cumsum(0.5 * (beta[1:] + beta[:-1]) * np.diff(t))])
+    np.testing.assert_allclose(b, trapezoid, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sde.marginal_coefs(t)[0], np.exp(-0.5 * b), rtol=1e-6)
+    np.testing.assert_allclose(sde.inverse_integrated_beta(b), t, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(SDES))
+def test_timestep_index_truncates_onto_the_discrete_levels(name):
+    sde = dataclasses.replace(SDES[name], N=11)
+    t = jnp.asarray([0.0, 0.05, 0.0999, 0.1, 0.55, 1.0])
+    np.testing.assert_array_equal(sde.timestep_index(t), [0, 0, 0, 1, 5, 10])

@@ -91,7 +91,7 @@ def _direct_convs(fn, *args):
     [(128, 8, True), (64, 8, False), (128, 7, False)],
 )
 def test_conv3x3_module_uses_winograd_where_it_pays(channels, height, winograd_expected):
-    conv = layers.conv3x3(channels)
+    conv = layers.conv3x3(channels, conv_algorithm="winograd")
     x = jax.random.normal(jax.random.key(0), (2, height, 8, channels))
     variables = conv.init(jax.random.key(1), x)
     assert (_direct_convs(conv.apply, variables, x) == 0) == winograd_expected
@@ -99,18 +99,18 @@ def test_conv3x3_module_uses_winograd_where_it_pays(channels, height, winograd_e
     assert rel_error(conv.apply(variables, x), want) < 1e-5
 
 
-def test_reference_network_with_winograd_in_every_convolution(monkeypatch):
+def test_reference_network_with_winograd_in_every_convolution():
     """The parity fixture's small DDPM++ (16-32 channels) runs every stride-1 3x3 convolution by
     Winograd when the channel threshold is lowered, and still meets the 1e-5 parity tolerance."""
     info, arrays = fixture("ddpmpp_small_vp")
-    model, variables = load_score_sde_pytorch(state_dict("ddpmpp_small_vp"), info["config"])
+    direct_model, variables = load_score_sde_pytorch(state_dict("ddpmpp_small_vp"), info["config"])
+    model = direct_model.clone(conv_algorithm="winograd", winograd_min_channels=1)
     x, labels = jnp.asarray(arrays["x_nhwc"]), jnp.asarray(arrays["labels"])
 
     def apply(v, x, y):
         return model.apply(v, x, y)
 
-    assert _direct_convs(apply, variables, x, labels) > 0
-    monkeypatch.setattr(layers, "WINOGRAD_MIN_CHANNELS", 1)
+    assert _direct_convs(direct_model.apply, variables, x, labels) > 0
     assert _direct_convs(apply, variables, x, labels) == 0
     out = jax.jit(lambda v, x, y: apply(v, x, y))(variables, x, labels)
     assert rel_error(out, arrays["out_nhwc"]) < 1e-5

@@ -1,4 +1,4 @@
-r"""The FID Inception-v3 network in Flax, and batched, jitted feature extraction over a device mesh.
+r"""The FID Inception-v3 network in Flax.
 
 This is the 2015-12-05 TensorFlow Inception graph that TF-GAN (and so the paper's FID, IS and KID)
 uses, in the layout of its public PyTorch port (``weights-inception-2015-12-05-6726825d.pth``). It
@@ -14,6 +14,9 @@ differs from the torchvision Inception-v3 in ways that change the features:
 - the last block (``Mixed_7c``) pools its fourth branch with a max pool, not an average pool;
 - the classifier has 1008 outputs.
 
+The first two are the input's preparation, :func:`sde_jax.metrics.features.preprocess`; the network
+here takes its output.
+
 Outputs (all float32): ``"64"``, ``"192"``, ``"768"`` (globally averaged intermediate features),
 ``"2048"`` (pool_3, the features of FID and KID), ``"logits_unbiased"`` (pool_3 times the classifier
 weights, without the bias: the logits of the Inception Score) and ``"logits"`` (with the bias).
@@ -26,15 +29,12 @@ never trained here): per convolution ``kernel`` (HWIO), ``scale``, ``bias``, ``m
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 Array = jax.Array
 
@@ -49,9 +49,6 @@ FEATURE_DIMS = {
     "logits_unbiased": 1008,
     "logits": 1008,
 }
-# How images reach the network: recorded in statistics files so that statistics computed differently
-# are refused.
-RESIZE_POLICY = "tf1_bilinear_align_corners_false_299"
 NETWORK = "inception-2015-12-05"
 
 
@@ -78,58 +75,6 @@ CONV_LAYERS: tuple[tuple[str, ...], ...] = (
                            "Conv2d_4a_3x3")],
     *[(block, branch) for block, kind in _BLOCKS for branch in _BRANCHES[kind]],
 )  # fmt: skip
-
-
-# ---------------------------------------------------------------------------------------------
-# Resizing.
-
-
-def _tf1_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Source indices (low, high) and the weight of the high one for each output index."""
-    # TF1 (and the reference port) multiply in float32: keep that rounding for the fractions.
-    scale = np.float32(in_size / out_size)
-    src = np.arange(out_size, dtype=np.float32) * scale
-    lo = np.floor(src).astype(np.int32)
-    hi = np.minimum(lo + 1, in_size - 1).astype(np.int32)
-    frac = (src - lo.astype(np.float32)).astype(np.float32)
-    return lo, hi, frac
-
-
-def resize_bilinear_tf1(images: Array, size: tuple[int, int]) -> Array:
-    r"""TensorFlow 1 ``resize_bilinear`` with ``align_corners=False`` (no half-pixel centers).
-
-    Args:
-        images: float ``[N, H, W, C]``.
-        size: ``(H_out, W_out)``.
-
-    Returns:
-        float ``[N, H_out, W_out, C]``: rows are interpolated along the width first, then along the
-        height, as TF1 does (the order matters at the last bit).
-    """
-    h, w = images.shape[1:3]
-    ylo, yhi, dy = _tf1_taps(h, size[0])
-    xlo, xhi, dx = _tf1_taps(w, size[1])
-    dx = jnp.asarray(dx, images.dtype).reshape(1, 1, size[1], 1)
-    dy = jnp.asarray(dy, images.dtype).reshape(1, size[0], 1, 1)
-
-    def along_width(rows):
-        left, right = rows[:, :, xlo], rows[:, :, xhi]
-        return left + (right - left) * dx
-
-    top, bottom = along_width(images[:, ylo]), along_width(images[:, yhi])
-    return top + (bottom - top) * dy
-
-
-def preprocess(images: Array) -> Array:
-    r"""uint8 (or float) pixel values ``[N, H, W, C]`` in ``[0, 255]``, ``C`` 1 or 3, to the network's
-    input ``[N, 299, 299, 3]`` in :math:`[-1, 1)`: grey images repeated to RGB, TF1 bilinear resizing
-    (skipped at 299x299), then :math:`(x - 128) / 128`."""
-    x = images.astype(jnp.float32)
-    if x.shape[-1] == 1:
-        x = jnp.repeat(x, 3, axis=-1)
-    if x.shape[1:3] != (INPUT_SIZE, INPUT_SIZE):
-        x = resize_bilinear_tf1(x, (INPUT_SIZE, INPUT_SIZE))
-    return (x - 128.0) / 128.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,7 +243,7 @@ def _global_mean(x: Array) -> Array:
 
 
 class InceptionV3(nn.Module):
-    """The FID Inception-v3 on preprocessed input (see :func:`preprocess`).
+    """The FID Inception-v3 on preprocessed input (:func:`sde_jax.metrics.features.preprocess`).
 
     Attributes:
         with_logits: whether the network has its classifier (``fc``); without it (weights that ship
@@ -355,102 +300,3 @@ class _Classifier(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (1008,))
         unbiased = jnp.dot(pool3, kernel, precision=self.precision)
         return unbiased, unbiased + bias[None, :]
-
-
-# ---------------------------------------------------------------------------------------------
-# Batched feature extraction.
-
-
-def check_images(images: Any, name: str = "images") -> np.ndarray:
-    """Returns ``images`` as a uint8 ``[N, H, W, C]`` array (``C`` 1 or 3), or raises.
-
-    Only uint8 pixel values are accepted: float images have no unambiguous range (``[0, 1]``,
-    ``[-1, 1]`` or ``[0, 255]``), and a wrong guess gives a plausible but wrong FID. Convert float
-    images in ``[0, 1]`` with :func:`sde_jax.metrics.to_uint8`, which rejects NaN and out-of-range
-    values.
-    """
-    images = np.asarray(images)
-    if images.dtype != np.uint8:
-        raise TypeError(
-            f"{name} must be uint8 pixel values in [0, 255]; got dtype {images.dtype}. Convert "
-            "float images in [0, 1] with sde_jax.metrics.to_uint8"
-        )
-    if images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise ValueError(
-            f"{name} must have shape [N, H, W, C] with C = 1 (grey) or 3 (RGB); got {images.shape}"
-        )
-    if images.shape[0] == 0:
-        raise ValueError(f"{name} is empty")
-    return images
-
-
-class FeatureExtractor:
-    """Inception features of uint8 images, computed in jitted batches split over a device mesh.
-
-    Args:
-        params: the network's parameters (:func:`sde_jax.metrics.weights.load_inception`).
-        mesh: a 1-D mesh with axis ``"data"``; default: every device.
-        batch_size: images per jitted call (the last call is padded); must be divisible by the
-            number of devices.
-        layers: the outputs to return, a subset of :data:`FEATURE_LAYERS`.
-
-    Calling it on uint8 ``[N, H, W, C]`` images returns ``{layer: float32 [N, dim]}``. The network
-    is compiled once (its input is always 299x299); the resizing once per input image shape.
-    """
-
-    def __init__(
-        self,
-        params: Mapping[str, Any],
-        *,
-        mesh: Mesh | None = None,
-        batch_size: int = 100,
-        layers: Sequence[str] = ("2048", "logits_unbiased"),
-    ):
-        layers = tuple(layers)
-        unknown = sorted(set(layers) - set(FEATURE_LAYERS))
-        if unknown or not layers:
-            raise ValueError(f"layers must be a non-empty subset of {FEATURE_LAYERS}; got {layers}")
-        with_logits = "fc" in params
-        if not with_logits and {"logits", "logits_unbiased"} & set(layers):
-            raise ValueError(
-                "these Inception weights have no classifier (fc): only the layers "
-                f"{FEATURE_LAYERS[:4]} are available; asked for {layers}"
-            )
-        mesh = mesh if mesh is not None else Mesh(np.asarray(jax.devices()), ("data",))
-        if batch_size <= 0 or batch_size % mesh.size:
-            raise ValueError(
-                f"the Inception batch size ({batch_size}) must be a positive multiple of the "
-                f"number of devices ({mesh.size})"
-            )
-        self.layers = layers
-        self.batch_size = batch_size
-        self.mesh = mesh
-        self._batch = NamedSharding(mesh, PartitionSpec("data"))
-        replicated = NamedSharding(mesh, PartitionSpec())
-        self._params = jax.device_put({"params": dict(params)}, replicated)
-        model = InceptionV3(with_logits=with_logits)
-
-        def apply(variables, x):
-            out = model.apply(variables, x)
-            return {k: out[k] for k in layers}
-
-        self._net = jax.jit(
-            apply, in_shardings=(replicated, self._batch), out_shardings=self._batch
-        )
-        self._prep = jax.jit(preprocess, in_shardings=self._batch, out_shardings=self._batch)
-
-    def __call__(self, images: Any) -> dict[str, np.ndarray]:
-        images = check_images(images)
-        n, bs = images.shape[0], self.batch_size
-        chunks: dict[str, list[np.ndarray]] = {k: [] for k in self.layers}
-        for start in range(0, n, bs):
-            chunk = images[start : start + bs]
-            real = chunk.shape[0]
-            if real < bs:
-                pad = np.zeros((bs - real, *chunk.shape[1:]), np.uint8)
-                chunk = np.concatenate([chunk, pad])
-            x = self._prep(jax.device_put(chunk, self._batch))
-            out = self._net(self._params, x)
-            for k in self.layers:
-                chunks[k].append(np.asarray(out[k])[:real])
-        return {k: np.concatenate(v) for k, v in chunks.items()}

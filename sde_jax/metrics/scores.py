@@ -32,36 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from sde_jax.metrics.inception import FEATURE_DIMS, NETWORK, RESIZE_POLICY
+from sde_jax.metrics.features import RESIZE_POLICY
+from sde_jax.metrics.inception import FEATURE_DIMS, NETWORK
 
 _FORMAT = "sde_jax-feature-stats-v1"
-
-
-def to_uint8(images01: Any, *, clip: bool = False) -> np.ndarray:
-    r"""Float images in ``[0, 1]`` to uint8 as the paper's evaluation quantizes its samples:
-    :math:`\lfloor 255 x \rfloor` (``np.clip(x * 255, 0, 255).astype(np.uint8)``).
-
-    Args:
-        images01: float array in ``[0, 1]``.
-        clip: clip values outside ``[0, 1]`` (as the paper does with its samples) instead of
-            raising.
-
-    Raises:
-        TypeError: the images are not floating point.
-        ValueError: non-finite values, or (without ``clip``) values outside ``[0, 1]``.
-    """
-    x = np.asarray(images01)
-    if not np.issubdtype(x.dtype, np.floating):
-        raise TypeError(f"to_uint8 expects float images in [0, 1]; got dtype {x.dtype}")
-    bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
-    if bad:
-        raise ValueError(f"images contain {bad} non-finite (NaN or inf) values")
-    if not clip and x.size and (x.min() < 0.0 or x.max() > 1.0):
-        raise ValueError(
-            f"images must be in [0, 1]; got values in [{x.min():.4g}, {x.max():.4g}] (images in "
-            "[-1, 1] or [0, 255] need rescaling; pass clip=True to clip samples as the paper does)"
-        )
-    return np.clip(x.astype(np.float64) * 255.0, 0.0, 255.0).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,35 +2,24 @@
 paper's full-size configurations (:mod:`sde_jax.models.presets`) and the score-function wrapper
 (:func:`make_score_fn`).
 
-Build a network from plain keyword fields with ``get_model("ncsnpp", nf=128, ...)``.
+Build a network from plain keyword fields with ``get_model("ncsnpp", nf=128, ...)``. The fields
+in :data:`COMPUTE_FIELDS` (``conv_algorithm``, ``winograd_min_channels``, ``materialize_blocks``)
+choose how a network computes on a given backend, not which network it is.
 """
 
-from __future__ import annotations
-
-import flax.linen as nn
-
 from sde_jax.models.ddpm import DDPM
+from sde_jax.models.layers import COMPUTE_FIELDS, CONV_ALGORITHMS
 from sde_jax.models.ncsnpp import NCSNpp
+from sde_jax.models.registry import MODELS, get_model
 from sde_jax.models.score_fn import make_score_fn, network_labels
 
-MODELS: dict[str, type[nn.Module]] = {"ncsnpp": NCSNpp, "ddpm": DDPM}
-
-
-def get_model(name: str, **fields) -> nn.Module:
-    """The network ``name`` ('ncsnpp' or 'ddpm') with the given module fields.
-
-    Raises:
-        ValueError: for an unknown name or field, or an invalid option value.
-    """
-    try:
-        cls = MODELS[name.lower()]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODELS)}") from None
-    known = {f for f in cls.__dataclass_fields__ if f not in ("parent", "name")}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields {unknown}; known fields: {sorted(known)}")
-    return cls(**fields)
-
-
-__all__ = ["DDPM", "MODELS", "NCSNpp", "get_model", "make_score_fn", "network_labels"]
+__all__ = [
+    "COMPUTE_FIELDS",
+    "CONV_ALGORITHMS",
+    "DDPM",
+    "MODELS",
+    "NCSNpp",
+    "get_model",
+    "make_score_fn",
+    "network_labels",
+]

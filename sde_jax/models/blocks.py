@@ -2,9 +2,9 @@ r"""Residual blocks of the score networks (NHWC).
 
 Every block computes :math:`x' + F(x, e)` (divided by :math:`\sqrt2` when ``skip_rescale``), where
 :math:`e` is the conditioning embedding, added as a per-channel bias after the first convolution,
-and :math:`x'` is the input, projected when the channel count or the resolution changes. The sum
-goes through :func:`~sde_jax.models.layers.materialize`, so that XLA computes the residual stream
-(and its gradient) once instead of inside every consumer.
+and :math:`x'` is the input, projected when the channel count or the resolution changes. With
+``materialize_output`` the sum goes through :func:`~sde_jax.models.layers.materialize`, so that
+XLA:CPU computes the residual stream (and its gradient) once instead of inside every consumer.
 """
 
 from __future__ import annotations
@@ -16,7 +16,15 @@ import jax
 import numpy as np
 
 from sde_jax.models import resample
-from sde_jax.models.layers import conv1x1, conv3x3, dense, group_norm, materialize
+from sde_jax.models.layers import (
+    DEFAULT_WINOGRAD_MIN_CHANNELS,
+    conv1x1,
+    conv3x3,
+    conv_options,
+    dense,
+    group_norm,
+    materialize,
+)
 
 Array = jax.Array
 
@@ -26,6 +34,11 @@ def _add_embedding(h: Array, temb: Array | None, act, features: int) -> Array:
         return h
     bias = dense(features, name="temb_proj")(act(temb))
     return h + bias[:, None, None, :]
+
+
+def _residual_sum(block: nn.Module, x: Array, h: Array) -> Array:
+    out = (x + h) / np.sqrt(2.0) if block.skip_rescale else x + h
+    return materialize(out) if block.materialize_output else out
 
 
 class ResnetBlockDDPM(nn.Module):
@@ -39,6 +52,9 @@ class ResnetBlockDDPM(nn.Module):
         dropout: dropout rate before the second convolution.
         skip_rescale: divide the residual sum by :math:`\\sqrt2`.
         init_scale: initialization scale of the second convolution.
+        conv_algorithm: of the 3x3 convolutions (:class:`~sde_jax.models.layers.Conv3x3`).
+        winograd_min_channels: idem.
+        materialize_output: pass the output through :func:`~sde_jax.models.layers.materialize`.
     """
 
     features: int | None
@@ -47,20 +63,23 @@ class ResnetBlockDDPM(nn.Module):
     dropout: float = 0.1
     skip_rescale: bool = False
     init_scale: float = 0.0
+    conv_algorithm: str = "direct"
+    winograd_min_channels: int = DEFAULT_WINOGRAD_MIN_CHANNELS
+    materialize_output: bool = False
 
     @nn.compact
     def __call__(self, x: Array, temb: Array | None = None, *, train: bool = False) -> Array:
         in_ch = x.shape[-1]
         out_ch = self.features or in_ch
         h = self.act(group_norm(self.num_groups(in_ch), name="norm_0")(x))
-        h = conv3x3(out_ch, name="conv_0")(h)
+        h = conv3x3(out_ch, name="conv_0", **conv_options(self))(h)
         h = _add_embedding(h, temb, self.act, out_ch)
         h = self.act(group_norm(self.num_groups(out_ch), name="norm_1")(h))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        h = conv3x3(out_ch, init_scale=self.init_scale, name="conv_1")(h)
+        h = conv3x3(out_ch, init_scale=self.init_scale, name="conv_1", **conv_options(self))(h)
         if in_ch != out_ch:
             x = dense(out_ch, init_scale=0.1, name="skip")(x)
-        return materialize((x + h) / np.sqrt(2.0) if self.skip_rescale else x + h)
+        return _residual_sum(self, x, h)
 
 
 class ResnetBlockBigGAN(nn.Module):
@@ -78,6 +97,9 @@ class ResnetBlockBigGAN(nn.Module):
         fir_kernel: 1-D FIR filter.
         skip_rescale: divide the residual sum by :math:`\\sqrt2`.
         init_scale: initialization scale of the second convolution.
+        conv_algorithm: of the 3x3 convolutions (:class:`~sde_jax.models.layers.Conv3x3`).
+        winograd_min_channels: idem.
+        materialize_output: pass the output through :func:`~sde_jax.models.layers.materialize`.
     """
 
     features: int | None
@@ -90,6 +112,9 @@ class ResnetBlockBigGAN(nn.Module):
     fir_kernel: Sequence[float] = (1, 3, 3, 1)
     skip_rescale: bool = True
     init_scale: float = 0.0
+    conv_algorithm: str = "direct"
+    winograd_min_channels: int = DEFAULT_WINOGRAD_MIN_CHANNELS
+    materialize_output: bool = False
 
     def _resample(self, x: Array) -> Array:
         if self.up:
@@ -109,14 +134,14 @@ class ResnetBlockBigGAN(nn.Module):
         h = self.act(group_norm(self.num_groups(in_ch), name="norm_0")(x))
         h = self._resample(h)
         x = self._resample(x)
-        h = conv3x3(out_ch, name="conv_0")(h)
+        h = conv3x3(out_ch, name="conv_0", **conv_options(self))(h)
         h = _add_embedding(h, temb, self.act, out_ch)
         h = self.act(group_norm(self.num_groups(out_ch), name="norm_1")(h))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        h = conv3x3(out_ch, init_scale=self.init_scale, name="conv_1")(h)
+        h = conv3x3(out_ch, init_scale=self.init_scale, name="conv_1", **conv_options(self))(h)
         if in_ch != out_ch or self.up or self.down:
             x = conv1x1(out_ch, name="skip")(x)
-        return materialize((x + h) / np.sqrt(2.0) if self.skip_rescale else x + h)
+        return _residual_sum(self, x, h)
 
 
 class Combine(nn.Module):

@@ -16,9 +16,13 @@ import jax.numpy as jnp
 from sde_jax.models import resample
 from sde_jax.models.blocks import ResnetBlockDDPM
 from sde_jax.models.layers import (
+    DEFAULT_WINOGRAD_MIN_CHANNELS,
     AttnBlock,
+    as_tuple,
     check_attn_resolutions,
+    check_compute_options,
     conv3x3,
+    conv_options,
     dense,
     get_act,
     group_norm,
@@ -26,7 +30,7 @@ from sde_jax.models.layers import (
     sigma_table,
     timestep_embedding,
 )
-from sde_jax.models.ncsnpp import _as_tuple, embed_class_labels
+from sde_jax.models.ncsnpp import embed_class_labels
 
 Array = jax.Array
 
@@ -56,6 +60,10 @@ class DDPM(nn.Module):
         sigma_max: largest discrete noise level (idem).
         num_scales: number of discrete noise levels (idem).
         num_classes: if set, condition also on integer class labels in ``[0, num_classes)``.
+        conv_algorithm: 'direct' or 'winograd' (as :class:`~sde_jax.models.NCSNpp`'s).
+        winograd_min_channels: the fewest channels computed by Winograd.
+        materialize_blocks: pass every block's output through
+            :func:`~sde_jax.models.layers.materialize`.
     """
 
     nf: int = 128
@@ -72,10 +80,16 @@ class DDPM(nn.Module):
     sigma_max: float = 50.0
     num_scales: int = 1000
     num_classes: int | None = None
+    conv_algorithm: str = "direct"
+    winograd_min_channels: int = DEFAULT_WINOGRAD_MIN_CHANNELS
+    materialize_blocks: bool = False
 
     def __post_init__(self):
         for field in ("ch_mult", "attn_resolutions"):
-            _as_tuple(self, field)
+            as_tuple(self, field)
+        check_compute_options(
+            self.conv_algorithm, self.winograd_min_channels, self.materialize_blocks
+        )
         get_act(self.nonlinearity)
         if not self.ch_mult or any(int(m) < 1 for m in self.ch_mult):
             raise ValueError(
@@ -101,8 +115,13 @@ class DDPM(nn.Module):
             dropout=self.dropout,
             skip_rescale=False,
             init_scale=0.0,
+            materialize_output=self.materialize_blocks,
             name=name,
+            **conv_options(self),
         )
+
+    def _attn(self, name: str) -> AttnBlock:
+        return AttnBlock(DDPM_GROUPS, materialize_output=self.materialize_blocks, name=name)
 
     @nn.compact
     def __call__(
@@ -142,14 +161,14 @@ class DDPM(nn.Module):
 
         h = x if self.centered else 2 * x - 1.0
 
-        hs = [conv3x3(nf, name="conv_in")(h)]
+        hs = [conv3x3(nf, name="conv_in", **conv_options(self))(h)]
         for level in range(num_levels):
             for i in range(self.num_res_blocks):
                 h = self._resblock(f"down_{level}_res_{i}", nf * self.ch_mult[level])(
                     hs[-1], temb, train=train
                 )
                 if resolutions[level] in self.attn_resolutions:
-                    h = AttnBlock(DDPM_GROUPS, name=f"down_{level}_attn_{i}")(h)
+                    h = self._attn(f"down_{level}_attn_{i}")(h)
                 hs.append(h)
             if level != num_levels - 1:
                 hs.append(
@@ -160,7 +179,7 @@ class DDPM(nn.Module):
 
         h = hs[-1]
         h = self._resblock("mid_res_0")(h, temb, train=train)
-        h = AttnBlock(DDPM_GROUPS, name="mid_attn")(h)
+        h = self._attn("mid_attn")(h)
         h = self._resblock("mid_res_1")(h, temb, train=train)
 
         for level in reversed(range(num_levels)):
@@ -169,14 +188,16 @@ class DDPM(nn.Module):
                     jnp.concatenate([h, hs.pop()], axis=-1), temb, train=train
                 )
             if resolutions[level] in self.attn_resolutions:
-                h = AttnBlock(DDPM_GROUPS, name=f"up_{level}_attn")(h)
+                h = self._attn(f"up_{level}_attn")(h)
             if level != 0:
-                h = resample.Upsample(with_conv=self.resamp_with_conv, name=f"up_{level}_resample")(
-                    h
-                )
+                h = resample.Upsample(
+                    with_conv=self.resamp_with_conv,
+                    name=f"up_{level}_resample",
+                    **conv_options(self),
+                )(h)
 
         h = act(group_norm(DDPM_GROUPS, name="norm_out")(h))
-        h = conv3x3(channels, init_scale=0.0, name="conv_out")(h)
+        h = conv3x3(channels, init_scale=0.0, name="conv_out", **conv_options(self))(h)
 
         if self.scale_by_sigma:
             table = sigma_table(self.sigma_min, self.sigma_max, self.num_scales)

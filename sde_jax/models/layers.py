@@ -59,41 +59,77 @@ def _kernel_and_bias(module: nn.Module, size: int, in_features: int) -> tuple[Ar
     return kernel, bias
 
 
-# Winograd pays on XLA:CPU from about 128 channels on both sides (module docstring of winograd.py).
-WINOGRAD_MIN_CHANNELS = 128
+CONV_ALGORITHMS = ("direct", "winograd")
+# From about 128 channels on both sides Winograd pays on XLA:CPU (module docstring of winograd.py).
+DEFAULT_WINOGRAD_MIN_CHANNELS = 128
+# Network fields that choose how the network computes, not what: they add no parameter and change
+# the output only by rounding, so checkpoints and run signatures leave them out.
+COMPUTE_FIELDS = ("conv_algorithm", "winograd_min_channels", "materialize_blocks")
+
+
+def check_compute_options(
+    conv_algorithm: str, winograd_min_channels: int, materialize_blocks: bool
+) -> None:
+    """Raises ``ValueError`` naming the field of :data:`COMPUTE_FIELDS` whose value is invalid."""
+    check_choice("conv_algorithm", conv_algorithm, CONV_ALGORITHMS)
+    if (
+        not isinstance(winograd_min_channels, int)
+        or isinstance(winograd_min_channels, bool)
+        or winograd_min_channels < 1
+    ):
+        raise ValueError(
+            f"`winograd_min_channels` must be a positive int; got {winograd_min_channels!r}"
+        )
+    if not isinstance(materialize_blocks, bool):
+        raise ValueError(f"`materialize_blocks` must be True or False; got {materialize_blocks!r}")
+
+
+def conv_options(module: nn.Module) -> dict:
+    """The ``conv_algorithm`` and ``winograd_min_channels`` fields of ``module``, as keyword
+    arguments of :func:`conv3x3`, for modules that pass them on to their convolutions."""
+    return dict(
+        conv_algorithm=module.conv_algorithm, winograd_min_channels=module.winograd_min_channels
+    )
 
 
 class Conv3x3(nn.Module):
     """A 3x3 convolution with bias (parameters ``kernel [3, 3, C_in, C_out]`` and ``bias``, as
     ``nn.Conv``'s).
 
-    Stride-1 convolutions with one pixel of padding on each side run by Winograd's
-    :math:`F(2 \\times 2, 3 \\times 3)` (:mod:`sde_jax.models.winograd`) on JAX's CPU backend when
-    the feature map's height and width are even and both channel counts are at least
-    :data:`WINOGRAD_MIN_CHANNELS`: 4/9 of the multiply-adds, and a kernel gradient that XLA:CPU
-    computes about twice as fast as its direct one. Elsewhere (other backends, whose libraries choose
-    their own algorithms; other strides, paddings or sizes) it is ``lax.conv_general_dilated``.
-    The price is memory: a training step keeps the transformed input (4x the convolution's input)
-    for the kernel gradient. Setting :data:`WINOGRAD_MIN_CHANNELS` above every layer's width
-    before tracing turns Winograd off.
+    With ``conv_algorithm='winograd'``, stride-1 convolutions with one pixel of padding on each side
+    run by Winograd's :math:`F(2 \\times 2, 3 \\times 3)` (:mod:`sde_jax.models.winograd`) when the
+    feature map's height and width are even and both channel counts are at least
+    ``winograd_min_channels``: 4/9 of the multiply-adds, and a kernel gradient that XLA:CPU
+    computes about twice as fast as its direct one. Everything else, and everything with
+    ``'direct'`` (the choice for backends whose libraries pick their own algorithms), is
+    ``lax.conv_general_dilated``. The price of Winograd is memory: a training step keeps the
+    transformed input (4x the convolution's input) for the kernel gradient.
 
     Attributes:
         features: output channels.
         stride: the stride in both directions.
         padding: ``((top, bottom), (left, right))`` zero padding.
         init_scale: initialization scale.
+        conv_algorithm: 'direct' or 'winograd'.
+        winograd_min_channels: the fewest input and output channels computed by Winograd.
     """
 
     features: int
     stride: int = 1
     padding: tuple[tuple[int, int], tuple[int, int]] = ((1, 1), (1, 1))
     init_scale: float = 1.0
+    conv_algorithm: str = "direct"
+    winograd_min_channels: int = DEFAULT_WINOGRAD_MIN_CHANNELS
+
+    def __post_init__(self):
+        check_choice("conv_algorithm", self.conv_algorithm, CONV_ALGORITHMS)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         kernel, bias = _kernel_and_bias(self, 3, x.shape[-1])
         padding = tuple(tuple(int(p) for p in side) for side in self.padding)
-        if self.stride == 1 and padding == ((1, 1), (1, 1)) and _winograd_pays(x.shape, kernel):
+        if self.stride == 1 and padding == ((1, 1), (1, 1)) and self._winograd_applies(x, kernel):
             y = winograd.conv3x3(x, kernel)
         else:
             y = lax.conv_general_dilated(
@@ -105,23 +141,37 @@ class Conv3x3(nn.Module):
             )
         return y + bias[None, None, None, :]
 
-
-def _winograd_pays(x_shape, kernel) -> bool:
-    _, height, width, _ = x_shape
-    return (
-        jax.default_backend() == "cpu"
-        and height % 2 == 0
-        and width % 2 == 0
-        and min(kernel.shape[2], kernel.shape[3]) >= WINOGRAD_MIN_CHANNELS
-    )
+    def _winograd_applies(self, x: Array, kernel: Array) -> bool:
+        _, height, width, _ = x.shape
+        return (
+            self.conv_algorithm == "winograd"
+            and height % 2 == 0
+            and width % 2 == 0
+            and min(kernel.shape[2], kernel.shape[3]) >= self.winograd_min_channels
+        )
 
 
 def conv3x3(
-    features: int, *, stride: int = 1, init_scale: float = 1.0, padding="SAME_1", name=None
+    features: int,
+    *,
+    stride: int = 1,
+    init_scale: float = 1.0,
+    padding="SAME_1",
+    conv_algorithm: str = "direct",
+    winograd_min_channels: int = DEFAULT_WINOGRAD_MIN_CHANNELS,
+    name=None,
 ) -> Conv3x3:
     """A 3x3 convolution with one pixel of zero padding on each side (the default)."""
     pad = ((1, 1), (1, 1)) if padding == "SAME_1" else padding
-    return Conv3x3(features, stride, pad, init_scale, name=name)
+    return Conv3x3(
+        features,
+        stride,
+        pad,
+        init_scale,
+        conv_algorithm=conv_algorithm,
+        winograd_min_channels=winograd_min_channels,
+        name=name,
+    )
 
 
 class Conv1x1(nn.Module):
@@ -190,7 +240,9 @@ def materialize(x: Array) -> Array:
     the whole batch would come out NaN, as the training loss would anyway. (With a batch-sharded
     ``x`` this reads one element across devices, a scalar's worth of communication.)
 
-    Applied only when JAX's default backend is the CPU; on other backends ``x`` is returned as is.
+    Measured on XLA:CPU only, where the networks apply it to their block outputs with
+    ``materialize_blocks=True``; elsewhere the scalar read would cost a collective per block on a
+    batch-sharded ``x``, for a fusion problem not seen there.
 
     Args:
         x: a floating-point array of any shape.
@@ -203,10 +255,6 @@ def materialize(x: Array) -> Array:
     """
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"materialize needs a floating-point array; got dtype {x.dtype}")
-    if jax.default_backend() != "cpu":
-        # Measured on XLA:CPU only; elsewhere the scalar read would cost a collective per block
-        # on a batch-sharded x, for a fusion problem not seen there.
-        return x
     # A scalar: with a per-example one ([B, 1, ..., 1]) XLA 0.10 still duplicated the producers.
     # And not 0 * isnan(...), which XLA rewrites into a select between equal constants.
     one = jax.lax.stop_gradient(0 * x[(0,) * x.ndim] + 1)
@@ -269,11 +317,13 @@ class AttnBlock(nn.Module):
         num_groups: groups of the input normalization.
         skip_rescale: divide the residual sum by :math:`\sqrt2`.
         init_scale: initialization scale of the output projection.
+        materialize_output: pass the output through :func:`materialize`.
     """
 
     num_groups: int
     skip_rescale: bool = False
     init_scale: float = 0.0
+    materialize_output: bool = False
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -287,7 +337,15 @@ class AttnBlock(nn.Module):
         weights = weights.reshape(b, height, width, height, width)
         h = jnp.einsum("bhwij,bijc->bhwc", weights, v)
         h = dense(c, init_scale=self.init_scale, name="out")(h)
-        return materialize((x + h) / np.sqrt(2.0) if self.skip_rescale else x + h)
+        out = (x + h) / np.sqrt(2.0) if self.skip_rescale else x + h
+        return materialize(out) if self.materialize_output else out
+
+
+def as_tuple(module: nn.Module, field: str) -> None:
+    """Stores a sequence field of a (frozen) module as a tuple, so that the module hashes."""
+    value = getattr(module, field)
+    if not isinstance(value, tuple):
+        object.__setattr__(module, field, tuple(value))
 
 
 def check_choice(field: str, value: str, choices: Sequence[str]) -> None:

@@ -29,11 +29,15 @@ import numpy as np
 from sde_jax.models import resample
 from sde_jax.models.blocks import Combine, ResnetBlockBigGAN, ResnetBlockDDPM
 from sde_jax.models.layers import (
+    DEFAULT_WINOGRAD_MIN_CHANNELS,
     AttnBlock,
     GaussianFourierProjection,
+    as_tuple,
     check_attn_resolutions,
     check_choice,
+    check_compute_options,
     conv3x3,
+    conv_options,
     default_init,
     dense,
     get_act,
@@ -51,12 +55,6 @@ PROGRESSIVE = ("none", "output_skip", "residual")
 PROGRESSIVE_INPUT = ("none", "input_skip", "residual")
 PROGRESSIVE_COMBINE = ("sum", "cat")
 EMBEDDING_TYPES = ("fourier", "positional")
-
-
-def _as_tuple(module: nn.Module, field: str) -> None:
-    value = getattr(module, field)
-    if not isinstance(value, tuple):
-        object.__setattr__(module, field, tuple(value))
 
 
 def embed_class_labels(
@@ -110,6 +108,15 @@ class NCSNpp(nn.Module):
         sigma_max: largest discrete noise level (idem).
         num_scales: number of discrete noise levels (idem).
         num_classes: if set, condition also on integer class labels in ``[0, num_classes)``.
+        conv_algorithm: 'direct' or 'winograd' (stride-1 3x3 convolutions with at least
+            ``winograd_min_channels`` input and output channels; pays on XLA:CPU, see
+            :class:`~sde_jax.models.layers.Conv3x3`).
+        winograd_min_channels: the fewest channels computed by Winograd.
+        materialize_blocks: pass every block's output through
+            :func:`~sde_jax.models.layers.materialize` (against XLA:CPU's recomputation).
+
+    The last three fields (:data:`~sde_jax.models.layers.COMPUTE_FIELDS`) choose how the network
+    computes, not what: they add no parameter and change the output only by rounding.
     """
 
     nf: int = 128
@@ -136,10 +143,16 @@ class NCSNpp(nn.Module):
     sigma_max: float = 50.0
     num_scales: int = 1000
     num_classes: int | None = None
+    conv_algorithm: str = "direct"
+    winograd_min_channels: int = DEFAULT_WINOGRAD_MIN_CHANNELS
+    materialize_blocks: bool = False
 
     def __post_init__(self):
         for field in ("ch_mult", "attn_resolutions", "fir_kernel"):
-            _as_tuple(self, field)
+            as_tuple(self, field)
+        check_compute_options(
+            self.conv_algorithm, self.winograd_min_channels, self.materialize_blocks
+        )
         check_choice("resblock_type", self.resblock_type, RESBLOCK_TYPES)
         check_choice("progressive", self.progressive, PROGRESSIVE)
         check_choice("progressive_input", self.progressive_input, PROGRESSIVE_INPUT)
@@ -168,7 +181,9 @@ class NCSNpp(nn.Module):
             dropout=self.dropout,
             skip_rescale=self.skip_rescale,
             init_scale=self.init_scale,
+            materialize_output=self.materialize_blocks,
             name=name,
+            **conv_options(self),
         )
         if self.resblock_type == "ddpm":
             return ResnetBlockDDPM(**common)
@@ -181,6 +196,7 @@ class NCSNpp(nn.Module):
             num_groups=ncsnpp_groups(channels),
             skip_rescale=self.skip_rescale,
             init_scale=self.init_scale,
+            materialize_output=self.materialize_blocks,
             name=name,
         )
 
@@ -235,7 +251,7 @@ class NCSNpp(nn.Module):
 
         # Down path.
         input_pyramid = x
-        hs = [conv3x3(nf, name="conv_in")(x)]
+        hs = [conv3x3(nf, name="conv_in", **conv_options(self))(x)]
         for level in range(num_levels):
             for i in range(self.num_res_blocks):
                 h = self._resblock(f"down_{level}_res_{i}", nf * self.ch_mult[level])(
@@ -298,6 +314,7 @@ class NCSNpp(nn.Module):
                         fir=self.fir,
                         fir_kernel=self.fir_kernel,
                         name=f"up_{level}_pyramid",
+                        **conv_options(self),
                     )(pyramid)
                     pyramid = h = merge(pyramid, h)
                 else:
@@ -307,7 +324,12 @@ class NCSNpp(nn.Module):
                         else (ch, 1.0)
                     )
                     p = act(group_norm(ncsnpp_groups(ch), name=f"up_{level}_pyramid_norm")(h))
-                    p = conv3x3(out_ch, init_scale=init, name=f"up_{level}_pyramid_conv")(p)
+                    p = conv3x3(
+                        out_ch,
+                        init_scale=init,
+                        name=f"up_{level}_pyramid_conv",
+                        **conv_options(self),
+                    )(p)
                     if pyramid is None:
                         pyramid = p
                     else:
@@ -323,6 +345,7 @@ class NCSNpp(nn.Module):
                         fir=self.fir,
                         fir_kernel=self.fir_kernel,
                         name=f"up_{level}_resample",
+                        **conv_options(self),
                     )(h)
                 else:
                     h = self._resblock(f"up_{level}_resample", up=True)(h, temb, train=train)
@@ -331,7 +354,9 @@ class NCSNpp(nn.Module):
             h = pyramid
         else:
             h = act(group_norm(ncsnpp_groups(h.shape[-1]), name="norm_out")(h))
-            h = conv3x3(channels, init_scale=self.init_scale, name="conv_out")(h)
+            h = conv3x3(
+                channels, init_scale=self.init_scale, name="conv_out", **conv_options(self)
+            )(h)
 
         if self.scale_by_sigma:
             if self.embedding_type == "fourier":

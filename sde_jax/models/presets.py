@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 
-from sde_jax.models import get_model
+from sde_jax.models.registry import get_model
 
 # CIFAR-10 networks at 32x32.
 _DDPMPP = dict(

@@ -20,7 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sde_jax.models.layers import conv3x3, default_init
+from sde_jax.models.layers import (
+    DEFAULT_WINOGRAD_MIN_CHANNELS,
+    conv3x3,
+    conv_options,
+    default_init,
+)
 
 Array = jax.Array
 
@@ -175,12 +180,16 @@ class Upsample(nn.Module):
         with_conv: add the learned convolution.
         fir: use the FIR filter ``fir_kernel`` rather than nearest neighbour.
         fir_kernel: 1-D FIR filter.
+        conv_algorithm: of the convolution without FIR (:class:`~sde_jax.models.layers.Conv3x3`).
+        winograd_min_channels: idem.
     """
 
     features: int | None = None
     with_conv: bool = False
     fir: bool = False
     fir_kernel: Sequence[float] = (1, 3, 3, 1)
+    conv_algorithm: str = "direct"
+    winograd_min_channels: int = DEFAULT_WINOGRAD_MIN_CHANNELS
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -191,7 +200,7 @@ class Upsample(nn.Module):
             return fir_upsample_2d(x, self.fir_kernel)
         h = naive_upsample_2d(x)
         if self.with_conv:
-            h = conv3x3(features, name="conv")(h)
+            h = conv3x3(features, name="conv", **conv_options(self))(h)
         return h
 
 

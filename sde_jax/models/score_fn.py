@@ -26,7 +26,8 @@ import jax.numpy as jnp
 from sde_jax.sde import VESDE, VPSDE, SubVPSDE, batch_broadcast, check_time
 
 Array = jax.Array
-ScoreFn = Callable[..., Array]
+# score_fn(variables, x, t, *, train=False, key=None, class_labels=None) -> score.
+NetworkScoreFn = Callable[..., Array]
 
 
 def network_labels(sde, x: Array, t: Array, *, continuous: bool = True) -> tuple[Array, Array]:
@@ -62,7 +63,7 @@ def network_labels(sde, x: Array, t: Array, *, continuous: bool = True) -> tuple
     raise ValueError(f"`sde` must be a VESDE, VPSDE or SubVPSDE; got {type(sde).__name__}")
 
 
-def make_score_fn(sde, model: nn.Module, *, continuous: bool = True) -> ScoreFn:
+def make_score_fn(sde, model: nn.Module, *, continuous: bool = True) -> NetworkScoreFn:
     """Wraps ``model`` into the score function of ``sde`` (see the module docstring).
 
     Args:

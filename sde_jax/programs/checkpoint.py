@@ -20,8 +20,14 @@ import json
 import os
 from typing import Any
 
+import flax.linen as nn
 import jax
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh
+
+from sde_jax.programs.experiment import Experiment
+from sde_jax.sharding import replicated
+from sde_jax.training import TrainState, init_state
 
 SNAPSHOTS = "checkpoints"
 PREEMPTION = "checkpoints-meta"
@@ -125,3 +131,34 @@ class Checkpoints:
         self.wait()
         self.snapshots.close()
         self.preemption.close()
+
+
+def abstract_state(exp: Experiment, model: nn.Module, mesh: Mesh) -> TrainState:
+    """Shapes, dtypes and (replicated) shardings of the train state of ``exp``, without allocating."""
+    optimizer = exp.optim.build()
+    shapes = jax.eval_shape(
+        lambda k: init_state(k, model, optimizer, exp.image_shape), jax.random.key(0)
+    )
+    sharding = replicated(mesh)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+
+def restore_ema(
+    exp: Experiment, workdir: str, mesh: Mesh, step: int | None = None
+) -> tuple[nn.Module, Any, int]:
+    """The network of ``exp`` and the EMA weights of ``workdir``'s newest (or ``step``'s)
+    checkpoint, after checking that the workdir holds a run of that network.
+
+    Returns:
+        ``(model, ema_params, step)``.
+    """
+    check_signature(workdir, exp.signature(), write=False)
+    model = exp.build_model()
+    ckpts = Checkpoints(workdir)
+    try:
+        if ckpts.latest_step() is None:
+            raise FileNotFoundError(f"no checkpoint in {workdir!r}: train first (--mode=train)")
+        state, extra = ckpts.restore(abstract_state(exp, model, mesh), step)
+    finally:
+        ckpts.close()
+    return model, state.ema_params, int(extra["step"])

@@ -1,4 +1,4 @@
-"""Run output without TensorFlow: TensorBoard scalar event files, PNG image grids, a progress line.
+"""Run output without TensorFlow: TensorBoard scalar event files and a progress line.
 
 TensorBoard reads ``events.out.tfevents.*`` files: TFRecord-framed ``Event`` protocol buffers. Scalars
 need only a handful of fields, so they are encoded here directly (field numbers from TensorBoard's
@@ -13,9 +13,6 @@ import socket
 import struct
 import sys
 import time
-import zlib
-
-import numpy as np
 
 # --------------------------------------------------------------------------------------------
 # CRC-32C (Castagnoli), as TFRecord framing requires.
@@ -180,59 +177,6 @@ def read_scalars(path: str) -> dict[str, list[tuple[int, float]]]:
             if tag is not None and scalar is not None:
                 out.setdefault(tag, []).append((step, scalar))
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# Images.
-
-
-def image_grid(images: np.ndarray, ncol: int | None = None, padding: int = 2) -> np.ndarray:
-    """Tiles ``[N, H, W, C]`` images in [0, 1] into one ``[rows*(H+p)+p, cols*(W+p)+p, C]`` uint8
-    image with ``padding`` pixels of white between tiles."""
-    images = np.asarray(images, np.float32)
-    if images.ndim != 4:
-        raise ValueError(f"`images` must be [N, H, W, C]; got shape {images.shape}")
-    n, h, w, c = images.shape
-    ncol = ncol or math.ceil(math.sqrt(n))
-    nrow = math.ceil(n / ncol)
-    grid = np.full(
-        (nrow * (h + padding) + padding, ncol * (w + padding) + padding, c), 255, np.uint8
-    )
-    pixels = np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)
-    for k in range(n):
-        r, q = divmod(k, ncol)
-        y, x = padding + r * (h + padding), padding + q * (w + padding)
-        grid[y : y + h, x : x + w] = pixels[k]
-    return grid
-
-
-def write_png(path: str, image: np.ndarray) -> None:
-    """Writes a ``[H, W]`` or ``[H, W, 1|3|4]`` uint8 image as an 8-bit PNG."""
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        raise ValueError(f"`image` must be uint8; got {image.dtype}")
-    if image.ndim == 3 and image.shape[-1] == 1:
-        image = image[..., 0]
-    if image.ndim == 2:
-        color_type, channels = 0, 1
-    elif image.ndim == 3 and image.shape[-1] in (3, 4):
-        color_type, channels = (2, 3) if image.shape[-1] == 3 else (6, 4)
-    else:
-        raise ValueError(f"`image` must be [H, W] or [H, W, 1|3|4]; got {image.shape}")
-    h, w = image.shape[:2]
-    rows = image.reshape(h, w * channels)
-    raw = b"".join(b"\x00" + rows[y].tobytes() for y in range(h))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = struct.pack(">IIBBBBB", w, h, 8, color_type, 0, 0, 0)
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9))
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(png + chunk(b"IEND", b""))
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------

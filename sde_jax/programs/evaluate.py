@@ -8,7 +8,7 @@ the EMA weights,
   ODE, averaged over ``num_repeats`` passes, each with fresh uniform dequantization
   :math:`u = (255x + U[0, 1)) / 256` and fresh trace probes;
 - with ``enable_sampling``, FID, Inception Score and KID of ``num_samples`` samples, generated in
-  rounds that are saved as they finish (:mod:`sde_jax.metrics.programs`).
+  rounds that are saved as they finish (:mod:`sde_jax.programs.quality`).
 
 Progress is written after every batch to ``<workdir>/eval/step_<step>.json``, so a killed evaluation
 continues from the batch it stopped at; finished steps are skipped. The results of all steps are
@@ -25,11 +25,23 @@ from typing import Any
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, PartitionSpec
 
-from sde_jax.config import Experiment
+from sde_jax import data as data_lib
 from sde_jax.likelihood import bits_per_dim, log_likelihood
 from sde_jax.models import make_score_fn
+from sde_jax.programs.checkpoint import Checkpoints, abstract_state, check_signature
+from sde_jax.programs.experiment import Experiment
+from sde_jax.programs.quality import SampleEvaluator
+from sde_jax.programs.summary import SummaryWriter
+from sde_jax.sharding import (
+    batch_sharded,
+    check_batch_size,
+    global_batch,
+    make_mesh,
+    replicated,
+)
+from sde_jax.training import make_eval_step, make_loss
 
 Array = jax.Array
 
@@ -46,8 +58,6 @@ def _atomic_json(path: str, obj: Any) -> None:
 def _eval_batches(exp: Experiment) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """One pass over the evaluation split in [0, 1]: ``(images [B_local, ...], mask [B])``, the last
     batch padded, ``mask`` (over the global batch) true for real examples."""
-    from sde_jax import data as data_lib
-
     it = data_lib.make_dataset(
         exp.data,
         exp.eval.bpd_dataset,
@@ -78,8 +88,7 @@ def make_bpd_fn(exp: Experiment, model, mesh: Mesh) -> Callable:
         )
         return bits_per_dim(logp, x.shape[1:], data_range=data_range), nfe
 
-    rep = NamedSharding(mesh, PartitionSpec())
-    batch = NamedSharding(mesh, PartitionSpec("data"))
+    rep, batch = replicated(mesh), batch_sharded(mesh)
     return jax.jit(bpd_fn, in_shardings=(rep, batch, rep), out_shardings=(batch, rep))
 
 
@@ -87,11 +96,8 @@ def evaluate_step(
     exp: Experiment, workdir: str, step: int, params: Any, mesh: Mesh, sample_eval=None
 ) -> dict:
     """Evaluates one snapshot, resuming from ``<workdir>/eval/step_<step>.json``; with
-    ``config.eval.enable_sampling``, ``sample_eval`` (a :class:`sde_jax.metrics.programs.
+    ``config.eval.enable_sampling``, ``sample_eval`` (a :class:`sde_jax.programs.quality.
     SampleEvaluator`) adds FID, IS and KID."""
-    from sde_jax import data as data_lib
-    from sde_jax.train import global_batch, make_eval_step, make_loss
-
     cfg = exp.eval
     path = os.path.join(workdir, "eval", f"step_{step}.json")
     progress: dict[str, Any] = {"step": step, "loss": {}, "bpd": {}}
@@ -106,7 +112,9 @@ def evaluate_step(
     spec = PartitionSpec("data")
 
     if cfg.enable_loss and "mean" not in progress["loss"]:
-        loss_fn = make_loss(sde, model, exp.training, train=False, per_example=True)
+        loss_fn = make_loss(
+            sde, model, **exp.training.loss_options(), train=False, per_example=True
+        )
         eval_step = make_eval_step(loss_fn, mesh)
         done = progress["loss"].setdefault("batches", [])
         scaler = data_lib.data_scaler(exp.data)
@@ -163,14 +171,11 @@ def evaluate_step(
 
 
 def run_eval_mode(exp: Experiment, workdir: str) -> dict:
-    """Evaluates every snapshot in the configured range; returns and writes the report."""
-    from sde_jax.checkpoint import Checkpoints, check_signature
-    from sde_jax.summary import SummaryWriter
-    from sde_jax.train import abstract_state, check_batch_size, make_mesh
-
+    """``--mode=eval``: evaluates every snapshot in the configured range; returns and writes the
+    report."""
     check_signature(workdir, exp.signature(), write=False)
     mesh = make_mesh()
-    check_batch_size(exp.eval.batch_size, mesh.size, "eval.batch_size")
+    check_batch_size(exp.eval.batch_size, mesh, "config.eval.batch_size")
     if not (exp.eval.enable_loss or exp.eval.enable_bpd or exp.eval.enable_sampling):
         raise ValueError(
             "config.eval enables nothing: set enable_loss, enable_bpd or enable_sampling"
@@ -191,8 +196,6 @@ def run_eval_mode(exp: Experiment, workdir: str) -> dict:
     target = abstract_state(exp, model, mesh)
     sample_eval = None
     if exp.eval.enable_sampling:
-        from sde_jax.metrics.programs import SampleEvaluator
-
         sample_eval = SampleEvaluator(exp, mesh)  # Fails here, before any work, on bad settings.
     writer = SummaryWriter(os.path.join(workdir, "eval"), enabled=jax.process_index() == 0)
     report = {}

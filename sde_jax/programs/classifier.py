@@ -4,7 +4,7 @@ The config is the score model's config (so the SDE and the data are the same by 
 a ``classifier`` section (:class:`ClassifierConfig`). Each step draws a labelled batch,
 :math:`t \sim U[\epsilon, T]` and :math:`x_t = m(t)\,x_0 + s(t)\,z` from the SDE's perturbation
 kernel, and minimizes the cross-entropy of :math:`p_t(y \mid x_t)`. The workdir holds Orbax
-checkpoints (:mod:`sde_jax.checkpoint`) and ``classifier.json``, which records the network and the
+checkpoints (:mod:`sde_jax.programs.checkpoint`) and ``classifier.json``, which records the network and the
 SDE so that :func:`load_classifier` can rebuild it for sampling and refuse a different SDE.
 """
 
@@ -20,14 +20,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sde_jax.config import Experiment, OptimConfig, _as_dict, from_section
+from sde_jax import data as data_lib
 from sde_jax.models.classifier import (
     NoiseConditionalWRN,
     classifier_inputs,
     make_classifier_log_prob,
 )
+from sde_jax.programs.checkpoint import Checkpoints
+from sde_jax.programs.config import OptimConfig, as_dict, from_section
+from sde_jax.programs.experiment import Experiment
+from sde_jax.programs.summary import Progress
 from sde_jax.sde import batch_broadcast
-from sde_jax.train import TrainState, make_optimizer
+from sde_jax.training import TrainState
 
 RECORD = "classifier.json"
 MODEL_FIELDS = (
@@ -79,7 +83,7 @@ class ClassifierConfig:
 
 def split_config(config: Any) -> tuple[Experiment, ClassifierConfig]:
     """The score model's experiment and the classifier section of a classifier config."""
-    values = _as_dict(config)
+    values = as_dict(config)
     if "classifier" not in values:
         raise ValueError(
             "--mode=train_classifier needs a config with a `classifier` section, e.g. "
@@ -94,7 +98,7 @@ def _record(exp: Experiment, cfg: ClassifierConfig, num_classes: int) -> dict[st
         json.dumps(
             {
                 "sde": dataclasses.asdict(exp.sde),
-                "image_shape": [exp.data.image_size, exp.data.image_size, exp.data.num_channels],
+                "image_shape": list(exp.image_shape),
                 "centered": exp.data.centered,
                 "num_classes": num_classes,
                 "model_fields": cfg.model_fields(),
@@ -104,13 +108,10 @@ def _record(exp: Experiment, cfg: ClassifierConfig, num_classes: int) -> dict[st
     )
 
 
-def train_classifier(config: Any, workdir: str) -> dict[str, float]:
-    """Trains (or resumes) the classifier of ``config`` in ``workdir``; returns the held-out
-    accuracy at a few noise levels, also written to ``<workdir>/eval.json``."""
-    from sde_jax import data as data_lib
-    from sde_jax.checkpoint import Checkpoints
-    from sde_jax.summary import Progress
-
+def run_train_classifier_mode(config: Any, workdir: str) -> dict[str, float]:
+    """``--mode=train_classifier``: trains (or resumes) the classifier of ``config`` in
+    ``workdir``; returns the held-out accuracy at a few noise levels, also written to
+    ``<workdir>/eval.json``."""
     exp, cfg = split_config(config)
     info = data_lib.dataset_info(exp.data)
     if info.num_classes < 2:
@@ -136,8 +137,7 @@ def train_classifier(config: Any, workdir: str) -> dict[str, float]:
     model = NoiseConditionalWRN(info.num_classes, **cfg.model_fields())
     log_prob = make_classifier_log_prob(sde, model)
     scaler = data_lib.data_scaler(exp.data)
-    optim = OptimConfig(lr=cfg.lr, warmup=cfg.warmup, weight_decay=cfg.weight_decay)
-    optimizer = make_optimizer(optim)
+    optimizer = OptimConfig(lr=cfg.lr, warmup=cfg.warmup, weight_decay=cfg.weight_decay).build()
     key = jax.random.key(exp.seed + 7)
     init_key, train_key, eval_key = jax.random.split(key, 3)
 
@@ -238,8 +238,6 @@ def load_classifier(workdir: str, exp: Experiment):
         FileNotFoundError: if ``workdir`` holds no trained classifier.
         ValueError: if it was trained for another SDE or image shape.
     """
-    from sde_jax.checkpoint import Checkpoints
-
     path = os.path.join(workdir, RECORD)
     if not os.path.exists(path):
         raise FileNotFoundError(
@@ -249,7 +247,7 @@ def load_classifier(workdir: str, exp: Experiment):
     with open(path) as f:
         record = json.load(f)
     want = json.loads(json.dumps(dataclasses.asdict(exp.sde)))
-    shape = [exp.data.image_size, exp.data.image_size, exp.data.num_channels]
+    shape = list(exp.image_shape)
     if record["sde"] != want or record["image_shape"] != shape:
         raise ValueError(
             f"the classifier in {workdir!r} was trained for SDE {record['sde']} and images "
@@ -258,7 +256,7 @@ def load_classifier(workdir: str, exp: Experiment):
     model = NoiseConditionalWRN(record["num_classes"], **record["model_fields"])
     log_prob = make_classifier_log_prob(exp.sde.build(), model)
     # The optimizer state's structure (Adam or AdamW) is part of the checkpoint.
-    optimizer = make_optimizer(OptimConfig(weight_decay=record["weight_decay"]))
+    optimizer = OptimConfig(weight_decay=record["weight_decay"]).build()
 
     def init(k):
         params = model.init(k, jnp.zeros((1, *shape)), jnp.ones((1,)))["params"]

@@ -24,7 +24,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from sde_jax.metrics.inception import FeatureExtractor
+from sde_jax import data as data_lib
+from sde_jax.metrics import FeatureExtractor
 from sde_jax.metrics.scores import (
     check_stats,
     feature_stats,
@@ -33,9 +34,13 @@ from sde_jax.metrics.scores import (
     kernel_inception_distance,
     load_stats,
     save_stats,
-    to_uint8,
 )
 from sde_jax.metrics.weights import InceptionWeights, cache_dir, load_inception
+from sde_jax.programs.experiment import Experiment
+from sde_jax.programs.images import to_uint8_floored
+from sde_jax.programs.sampler import experiment_sample_fn, sample_round
+from sde_jax.programs.summary import Progress
+from sde_jax.sharding import check_batch_size, make_mesh
 
 # Below this many samples FID is strongly biased upwards; the paper uses 50,000.
 MIN_RELIABLE_SAMPLES = 10_000
@@ -66,30 +71,20 @@ def _single_process(what: str) -> None:
         raise NotImplementedError(f"{what} runs in a single process (with any number of devices)")
 
 
-def _mesh() -> Mesh:
-    return Mesh(np.asarray(jax.devices()), ("data",))
-
-
 def _extractor(exp, weights: InceptionWeights, mesh: Mesh, layers) -> FeatureExtractor:
-    if exp.eval.inception_batch_size % mesh.size:
-        raise ValueError(
-            f"config.eval.inception_batch_size ({exp.eval.inception_batch_size}) must be divisible "
-            f"by the number of devices ({mesh.size})"
-        )
+    check_batch_size(exp.eval.inception_batch_size, mesh, "config.eval.inception_batch_size")
     return FeatureExtractor(
         weights.params, mesh=mesh, batch_size=exp.eval.inception_batch_size, layers=layers
     )
 
 
-def run_fid_stats_mode(exp, path: str | None = None) -> str:
+def run_fid_stats_mode(exp: Experiment, path: str | None = None) -> str:
     """``--mode=fid_stats``: pool_3 statistics of the training split, written to ``path`` (default
     :func:`stats_path`); returns the path."""
-    from sde_jax import data as data_lib
-
     _single_process("--mode=fid_stats")
     path = path or stats_path(exp)
     weights = load_inception(exp.eval.inception_weights)
-    extractor = _extractor(exp, weights, _mesh(), ("2048",))
+    extractor = _extractor(exp, weights, make_mesh(), ("2048",))
     data_cfg = dataclasses.replace(exp.data, random_flip=False)
     batches = data_lib.make_dataset(
         data_cfg,
@@ -100,8 +95,6 @@ def run_fid_stats_mode(exp, path: str | None = None) -> str:
         drop_remainder=False,
         uniform_dequantization=False,
     )
-    from sde_jax.summary import Progress
-
     progress = Progress(data_lib.dataset_info(data_cfg).num_examples["train"])
     features, count = [], 0
     for batch in batches:
@@ -133,14 +126,10 @@ class SampleEvaluator:
     Inception weights, their compatibility), so that a bad setting fails before any sampling.
     """
 
-    def __init__(self, exp, mesh: Mesh):
+    def __init__(self, exp: Experiment, mesh: Mesh):
         _single_process("evaluation with config.eval.enable_sampling")
         cfg = exp.eval
-        if exp.sampling.batch_size % mesh.size:
-            raise ValueError(
-                f"config.sampling.batch_size ({exp.sampling.batch_size}) must be divisible by the "
-                f"number of devices ({mesh.size})"
-            )
+        check_batch_size(exp.sampling.batch_size, mesh, "config.sampling.batch_size")
         self.exp, self.mesh = exp, mesh
         self.stats_file = stats_path(exp)
         self.stats = load_stats(self.stats_file)
@@ -178,39 +167,16 @@ class SampleEvaluator:
             "inception_weights": self.weights.fingerprint,
         }
 
-    def _make_sample_fn(self):
-        from sde_jax.generate import make_sample_fn
-
-        exp = self.exp
-        shape = (
-            exp.sampling.batch_size,
-            exp.data.image_size,
-            exp.data.image_size,
-            exp.data.num_channels,
-        )
-        return make_sample_fn(
-            exp.sampling,
-            exp.sde.build(),
-            exp.build_model(),
-            shape,
-            self.mesh,
-            continuous=exp.training.continuous,
-        )
-
     def _round(self, params: Any, key: jax.Array, r: int, step: int) -> dict[str, np.ndarray]:
-        from sde_jax.data import inverse_scaler
-
         if self._sample_fn is None:
-            self._sample_fn = self._make_sample_fn()
-        x, nfe = self._sample_fn(params, jax.random.fold_in(key, r))
-        x01 = np.asarray(jax.device_get(inverse_scaler(self.exp.data)(x)))
-        bad = int(x01.size - np.count_nonzero(np.isfinite(x01)))
-        if bad:
-            raise FloatingPointError(
-                f"step {step}, sampling round {r}: {bad} non-finite values in the samples"
-            )
+            self._sample_fn = experiment_sample_fn(self.exp, self.exp.build_model(), self.mesh)
+        try:
+            x, nfe = sample_round(self._sample_fn, params, key, r)
+        except FloatingPointError as e:
+            raise FloatingPointError(f"step {step}, {e}") from None
+        x01 = data_lib.inverse_scaler(self.exp.data)(x)
         clipped = float(np.mean((x01 < 0.0) | (x01 > 1.0)))
-        images = to_uint8(x01, clip=True)
+        images = to_uint8_floored(x01, clip=True)
         features = self.extractor(images)
         return {
             "images": images,
@@ -242,8 +208,6 @@ class SampleEvaluator:
         batch = exp.sampling.batch_size
         rounds = -(-cfg.num_samples // batch)
         key = jax.random.fold_in(jax.random.fold_in(jax.random.key(exp.seed), step), _SAMPLING_SALT)
-        from sde_jax.summary import Progress
-
         progress = Progress(rounds)
         records = []
         for r in range(rounds):

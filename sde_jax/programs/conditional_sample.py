@@ -1,5 +1,5 @@
 """``--mode=sample`` for controllable generation: ``config.sampling.task`` in ``inpaint``,
-``colorize``, ``class_conditional`` (``unconditional`` is :func:`sde_jax.generate.run_sample_mode`).
+``colorize``, ``class_conditional`` (``unconditional`` is :mod:`sde_jax.programs.sample`).
 
 Inputs (``config.sampling``):
 
@@ -34,12 +34,17 @@ import os
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
+from PIL import Image
 
 from sde_jax import controllable
-from sde_jax.config import Experiment
-from sde_jax.generate import enlarge, to_uint8
-from sde_jax.summary import image_grid, write_png
+from sde_jax.data import data_scaler, inverse_scaler, make_dataset
+from sde_jax.models import make_score_fn
+from sde_jax.programs.checkpoint import restore_ema
+from sde_jax.programs.classifier import load_classifier
+from sde_jax.programs.experiment import Experiment
+from sde_jax.programs.images import save_grid, to_uint8_rounded
+from sde_jax.programs.sampler import sample_round
+from sde_jax.sharding import batch_sharded, check_batch_size, make_mesh, replicated
 
 MASKS = ("lower_half", "upper_half", "left_half", "right_half", "center")
 SPLITS = ("train", "eval")
@@ -66,8 +71,6 @@ def named_mask(name: str, height: int, width: int) -> np.ndarray:
 
 
 def _read_png(path: str) -> np.ndarray:
-    from PIL import Image
-
     with Image.open(path) as im:
         if im.mode not in ("L", "RGB", "RGBA", "P", "LA", "I;16"):
             raise ValueError(f"{path!r}: unsupported PNG mode {im.mode!r}")
@@ -110,8 +113,6 @@ def load_images(exp: Experiment, spec: str, max_images: int) -> np.ndarray:
             f"folder, an .npz with `images`, or a data-set split {list(SPLITS)}"
         )
     if spec in SPLITS:
-        from sde_jax.data import make_dataset
-
         it = make_dataset(
             exp.data, spec, shuffle=False, repeat=False, batch_size=max_images, drop_remainder=False
         )
@@ -170,20 +171,6 @@ def _check_class_label(label: int, num_classes: int) -> None:
         )
 
 
-def _restore(exp: Experiment, workdir: str, step: int | None):
-    from sde_jax.checkpoint import Checkpoints, check_signature
-    from sde_jax.train import abstract_state, make_mesh
-
-    check_signature(workdir, exp.signature(), write=False)
-    model = exp.build_model()
-    ckpts = Checkpoints(workdir)
-    if ckpts.latest_step() is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir!r}: train first (--mode=train)")
-    state, extra = ckpts.restore(abstract_state(exp, model, make_mesh()), step)
-    ckpts.close()
-    return model, state.ema_params, int(extra["step"])
-
-
 def _pc_kwargs(exp: Experiment) -> dict:
     cfg = exp.sampling
     if cfg.method != "pc":
@@ -207,41 +194,31 @@ def _in_rounds(fn, params, key, rows: np.ndarray, batch_size: int) -> tuple[np.n
     multiple of the device count); the last round is padded with copies of the last row, whose
     samples are dropped. Returns the samples ``[len(rows), *event]`` (on the host) and the NFE.
     """
-    from sde_jax.train import make_mesh
-
     mesh = make_mesh()
-    if batch_size % mesh.size:
-        raise ValueError(
-            f"config.sampling.batch_size ({batch_size}) must be divisible by the number of "
-            f"devices ({mesh.size})"
-        )
+    check_batch_size(batch_size, mesh, "config.sampling.batch_size")
     n = len(rows)
     size = min(batch_size, -(-n // mesh.size) * mesh.size)
     rounds = -(-n // size)
     pad = rounds * size - n
     if pad:
         rows = np.concatenate([rows, np.repeat(rows[-1:], pad, axis=0)])
-    replicated = NamedSharding(mesh, PartitionSpec())
-    split = NamedSharding(mesh, PartitionSpec("data"))
     jitted = jax.jit(
-        fn, in_shardings=(replicated, replicated, split), out_shardings=(split, replicated)
+        fn,
+        in_shardings=(replicated(mesh), replicated(mesh), batch_sharded(mesh)),
+        out_shardings=(batch_sharded(mesh), replicated(mesh)),
     )
-    outs, nfe = [], 0
-    for r in range(rounds):
-        x, nfe = jitted(params, jax.random.fold_in(key, r), rows[r * size : (r + 1) * size])
-        outs.append(np.asarray(jax.device_get(x)))
-    return np.concatenate(outs)[:n], int(nfe)
+    outs = [
+        sample_round(jitted, params, key, r, rows[r * size : (r + 1) * size]) for r in range(rounds)
+    ]
+    return np.concatenate([x for x, _ in outs])[:n], outs[-1][1]
 
 
 def run_task(exp: Experiment, workdir: str, *, step: int | None = None) -> str:
     """Runs ``config.sampling.task`` with the EMA weights of the newest (or ``step``'s) checkpoint
     and writes the grid and the arrays; returns the output directory."""
-    from sde_jax.data import data_scaler, inverse_scaler
-    from sde_jax.models import make_score_fn
-
     cfg = exp.sampling
     task = cfg.task
-    image_shape = (exp.data.image_size, exp.data.image_size, exp.data.num_channels)
+    image_shape = exp.image_shape
     num_classes = exp.model.fields.get("num_classes")
     # Everything checkable without the checkpoint is checked first.
     if task == "colorize" and image_shape[2] < 2:
@@ -270,7 +247,7 @@ def run_task(exp: Experiment, workdir: str, *, step: int | None = None) -> str:
         _check_input_shape(images, image_shape, task)
 
     sde = exp.sde.build()
-    model, params, step = _restore(exp, workdir, step)
+    model, params, step = restore_ema(exp, workdir, make_mesh(), step)
     score = make_score_fn(sde, model, continuous=exp.training.continuous)
     scaler, inverse = data_scaler(exp.data), inverse_scaler(exp.data)
     key = jax.random.fold_in(jax.random.key(exp.seed), 2_000_003)
@@ -280,8 +257,6 @@ def run_task(exp: Experiment, workdir: str, *, step: int | None = None) -> str:
     if task == "class_conditional":
         log_prob_fn = None
         if cfg.classifier_workdir:
-            from sde_jax.train_classifier import load_classifier
-
             log_prob_fn, classifier_classes = load_classifier(cfg.classifier_workdir, exp)
             num_classes = classifier_classes
         _check_class_label(cfg.class_label, num_classes)
@@ -313,8 +288,7 @@ def run_task(exp: Experiment, workdir: str, *, step: int | None = None) -> str:
 
         x, nfe = _in_rounds(run, params, key, labels, cfg.batch_size)
         samples = np.clip(np.asarray(inverse(x)), 0.0, 1.0)
-        ncol = num_classes if cfg.class_label == -1 else None
-        grid = image_grid(enlarge(samples), ncol=ncol)
+        grid = dict(images01=samples, ncol=num_classes if cfg.class_label == -1 else None)
         arrays.update(labels=labels)
         name = "all" if cfg.class_label == -1 else cfg.class_label
         out_dir += f"_class{name}_scale{cfg.guidance_scale:g}"
@@ -348,15 +322,19 @@ def run_task(exp: Experiment, workdir: str, *, step: int | None = None) -> str:
         )
         completions = samples.reshape(n, k, *image_shape).transpose(1, 0, 2, 3, 4)
         rows = np.concatenate([inputs[None], shown[None], completions]).reshape(-1, *image_shape)
-        grid = image_grid(enlarge(rows), ncol=n)
-        arrays.update(inputs=to_uint8(images))
+        grid = dict(images01=rows, ncol=n)
+        arrays.update(inputs=to_uint8_rounded(images))
         if mask is not None:
             arrays.update(mask=mask.astype(np.uint8))
     if jax.process_index() == 0:
         os.makedirs(out_dir, exist_ok=True)
-        write_png(os.path.join(out_dir, "grid.png"), grid)
+        path = os.path.join(out_dir, "grid.png")
+        save_grid(path, **grid, max_images=len(grid["images01"]))
         np.savez_compressed(
-            os.path.join(out_dir, "samples.npz"), images=to_uint8(samples), nfe=int(nfe), **arrays
+            os.path.join(out_dir, "samples.npz"),
+            images=to_uint8_rounded(samples),
+            nfe=int(nfe),
+            **arrays,
         )
     print(f"wrote {len(samples)} {task} samples ({int(nfe)} score evaluations each) to {out_dir}")
     return out_dir

@@ -1,6 +1,6 @@
 """Typed, validated views of the program's ml-collections config sections.
 
-``main.py`` turns each section of a config (``config.sde``, ``config.model``, ``config.training``,
+:class:`sde_jax.programs.experiment.Experiment` turns each section of a config (``config.sde``, ``config.model``, ``config.training``,
 ``config.optim``, ``config.sampling``, ``config.eval``) into one of the frozen dataclasses here; no
 library function takes a ConfigDict. Every conversion rejects unknown and missing fields and
 out-of-range choices with an error naming the field and the allowed values, so a typo on the command
@@ -13,13 +13,18 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from sde_jax.host_malloc import check_policy
+import optax
+
+from sde_jax import sampling
+from sde_jax.models import get_model
 from sde_jax.sde import SDE, VESDE, VPSDE, SubVPSDE
+from sde_jax.training import OPTIMIZERS, make_optimizer
 
 T = TypeVar("T")
 
 
-def _as_dict(section: Any) -> dict[str, Any]:
+def as_dict(section: Any) -> dict[str, Any]:
+    """A config section (ConfigDict or mapping) as a plain dict."""
     if hasattr(section, "to_dict"):
         return section.to_dict()
     if isinstance(section, Mapping):
@@ -29,7 +34,7 @@ def _as_dict(section: Any) -> dict[str, Any]:
 
 def from_section(cls: type[T], section: Any, name: str) -> T:
     """Builds dataclass ``cls`` from a config ``section`` named ``name`` (for error messages)."""
-    values = _as_dict(section)
+    values = as_dict(section)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
@@ -104,7 +109,7 @@ class ModelConfig:
 
     @classmethod
     def from_config(cls, section: Any) -> ModelConfig:
-        values = _as_dict(section)
+        values = as_dict(section)
         for key in ("name", "ema_rate"):
             if key not in values:
                 raise ValueError(f"config.model is missing field {key!r}")
@@ -114,9 +119,9 @@ class ModelConfig:
             raise ValueError(f"config.model.ema_rate must be in [0, 1); got {out.ema_rate}")
         return out
 
-    def build(self, sde_config: SDEConfig, centered: bool):
-        from sde_jax.models import get_model
-
+    def build(self, sde_config: SDEConfig, centered: bool, **runtime):
+        """The network; ``runtime`` holds choices that change no parameter (e.g. the convolution
+        algorithm), which the config does not record."""
         derived = ("sigma_min", "sigma_max", "num_scales", "centered")
         clash = sorted(set(derived) & set(self.fields))
         if clash:
@@ -130,6 +135,7 @@ class ModelConfig:
             sigma_max=sde_config.sigma_max,
             num_scales=sde_config.num_scales,
             centered=centered,
+            **runtime,
         )
         return get_model(self.name, **fields)
 
@@ -180,6 +186,11 @@ class TrainConfig:
                     f"config.training.n_jitted_steps ({self.n_jitted_steps})"
                 )
 
+    def loss_options(self) -> dict[str, Any]:
+        """The options of :func:`sde_jax.training.make_loss` that this section sets."""
+        names = ("continuous", "reduce_mean", "likelihood_weighting", "importance_weighting", "eps")
+        return {name: getattr(self, name) for name in names}
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
@@ -196,24 +207,14 @@ class OptimConfig:
     grad_clip: float = 1.0
 
     def __post_init__(self):
-        _check_choice("optim", "optimizer", self.optimizer, ("Adam", "AdamW"))
+        _check_choice("optim", "optimizer", self.optimizer, OPTIMIZERS)
         _check_positive("optim", "lr", self.lr)
         _check_positive("optim", "warmup", self.warmup, allow_zero=True)
         _check_positive("optim", "weight_decay", self.weight_decay, allow_zero=True)
 
-
-# The keys of sde_jax.sampling.METHODS (a test checks that they agree).
-SAMPLING_METHODS = (
-    "pc",
-    "ode",
-    "edm_heun",
-    "edm_stochastic",
-    "dpm_solver_2m",
-    "dpm_solver_3m",
-    "unipc",
-    "ddim",
-)
-_FAST_METHODS = ("edm_heun", "edm_stochastic", "dpm_solver_2m", "dpm_solver_3m", "unipc", "ddim")
+    def build(self) -> optax.GradientTransformation:
+        """The optimizer of :func:`sde_jax.training.make_optimizer` with these settings."""
+        return make_optimizer(**dataclasses.asdict(self))
 
 
 SAMPLING_TASKS = ("unconditional", "inpaint", "colorize", "class_conditional")
@@ -235,7 +236,7 @@ class SamplingConfig:
     ``edm`` exponent); empty: the method's default (``logsnr`` for ``dpm_solver_3m`` and
     ``unipc``, ``edm`` for the others). ``s_max`` > 0 starts the few-step methods' schedule at
     that noise-to-signal ratio after one jump from the prior's (``s_max`` of
-    :func:`sde_jax.fast_sampling.schedule_level`); 0: no jump.
+    :func:`sde_jax.sampling.schedule_level`); 0: no jump.
     """
 
     method: str = "pc"
@@ -262,7 +263,7 @@ class SamplingConfig:
     eta: float = 0.0
     num_samples: int = 64
     batch_size: int = 64
-    # Controllable generation (--mode=sample, see sde_jax.conditional_sample): the task, its input
+    # Controllable generation (--mode=sample, see sde_jax.programs.conditional_sample): the task, its input
     # images (PNG file or folder, .npz, or a data-set split name), the mask (PNG/.npy or a name),
     # completions per input, Langevin steps at t = eps before the final denoising, the class and
     # the guidance scale (classifier-free weight w, or classifier scale with classifier_workdir).
@@ -276,8 +277,6 @@ class SamplingConfig:
     classifier_workdir: str = ""
 
     def __post_init__(self):
-        from sde_jax.sampling import CORRECTORS, ODE_CONTROLLERS, PREDICTORS, SOLVERS
-
         _check_choice("sampling", "task", self.task, SAMPLING_TASKS)
         _check_positive("sampling", "num_completions", self.num_completions)
         _check_positive("sampling", "final_corrector_steps", self.final_corrector_steps, True)
@@ -288,11 +287,11 @@ class SamplingConfig:
                 f"{self.class_label}"
             )
 
-        _check_choice("sampling", "method", self.method, SAMPLING_METHODS)
-        _check_choice("sampling", "predictor", self.predictor, PREDICTORS)
-        _check_choice("sampling", "corrector", self.corrector, CORRECTORS)
-        _check_choice("sampling", "ode_solver", self.ode_solver, SOLVERS)
-        _check_choice("sampling", "ode_controller", self.ode_controller, ODE_CONTROLLERS)
+        _check_choice("sampling", "method", self.method, sampling.METHODS)
+        _check_choice("sampling", "predictor", self.predictor, sampling.PREDICTORS)
+        _check_choice("sampling", "corrector", self.corrector, sampling.CORRECTORS)
+        _check_choice("sampling", "ode_solver", self.ode_solver, sampling.SOLVERS)
+        _check_choice("sampling", "ode_controller", self.ode_controller, sampling.ODE_CONTROLLERS)
         _check_positive("sampling", "num_samples", self.num_samples)
         _check_positive("sampling", "batch_size", self.batch_size)
         _check_positive("sampling", "n_steps_each", self.n_steps_each)
@@ -301,19 +300,18 @@ class SamplingConfig:
                 f"config.sampling.num_steps must be an int >= 2; got {self.num_steps!r}"
             )
         _check_positive("sampling", "rho", self.rho)
-        from sde_jax.fast_sampling import SCHEDULES
-
+        few_step = sampling.FEW_STEP_METHODS
         if self.schedule:
-            _check_choice("sampling", "schedule", self.schedule, SCHEDULES)
-            if self.method not in _FAST_METHODS:
+            _check_choice("sampling", "schedule", self.schedule, sampling.SCHEDULES)
+            if self.method not in few_step:
                 raise ValueError(
-                    f"config.sampling.schedule applies to {list(_FAST_METHODS)}, not method "
+                    f"config.sampling.schedule applies to {list(few_step)}, not method "
                     f"{self.method!r}; leave it empty"
                 )
         _check_positive("sampling", "s_max", self.s_max, allow_zero=True)
-        if self.s_max and self.method not in _FAST_METHODS:
+        if self.s_max and self.method not in few_step:
             raise ValueError(
-                f"config.sampling.s_max applies to {list(_FAST_METHODS)}, not method "
+                f"config.sampling.s_max applies to {list(few_step)}, not method "
                 f"{self.method!r}; leave it 0"
             )
         if self.order not in (1, 2, 3) or isinstance(self.order, bool):
@@ -330,7 +328,7 @@ class SamplingConfig:
             )
         if not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"config.sampling.eta must lie in [0, 1]; got {self.eta!r}")
-        if self.method in _FAST_METHODS and not self.noise_removal:
+        if self.method in few_step and not self.noise_removal:
             raise ValueError(
                 f"config.sampling.noise_removal=False applies to 'pc' and 'ode' only; method "
                 f"{self.method!r} always ends with its denoising step"
@@ -389,76 +387,3 @@ class EvalConfig:
                 f"config.eval.is_splits ({self.is_splits}) must not exceed config.eval.num_samples "
                 f"({self.num_samples})"
             )
-
-
-@dataclasses.dataclass(frozen=True)
-class Experiment:
-    """Every section of a config, typed: what ``main.py`` hands to the modes.
-
-    Besides the sections, ``seed`` seeds every random stream of a run, and ``host_malloc`` is the
-    process's glibc malloc policy (:mod:`sde_jax.host_malloc`; ``main.py`` applies it first).
-    """
-
-    sde: SDEConfig
-    model: ModelConfig
-    training: TrainConfig
-    optim: OptimConfig
-    sampling: SamplingConfig
-    eval: EvalConfig
-    data: Any
-    seed: int = 42
-    host_malloc: str = "auto"
-
-    @classmethod
-    def from_config(cls, config: Any) -> Experiment:
-        from sde_jax.data import DataConfig
-
-        values = _as_dict(config)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown config section(s) {unknown}; known: {sorted(known)}")
-        for name in ("sde", "model", "training", "data"):
-            if name not in values:
-                raise ValueError(f"the config has no `{name}` section")
-        training = from_section(TrainConfig, values["training"], "training")
-        seed = int(values.get("seed", 42))
-        exp = cls(
-            sde=from_section(SDEConfig, values["sde"], "sde"),
-            model=ModelConfig.from_config(values["model"]),
-            training=training,
-            optim=from_section(OptimConfig, values.get("optim", {}), "optim"),
-            sampling=from_section(SamplingConfig, values.get("sampling", {}), "sampling"),
-            eval=from_section(EvalConfig, values.get("eval", {}), "eval"),
-            # The data section's batch size and seed are the training ones, set in one place.
-            data=DataConfig.from_config(values["data"], batch_size=training.batch_size, seed=seed),
-            seed=seed,
-            host_malloc=str(values.get("host_malloc", "auto")),
-        )
-        check_policy(exp.host_malloc)
-        if not exp.training.continuous and exp.sde.name == "subvpsde":
-            raise ValueError("config.training.continuous=False is not defined for subvpsde")
-        if exp.training.label_dropout > 0 and not exp.model.fields.get("num_classes"):
-            raise ValueError(
-                "config.training.label_dropout > 0 (classifier-free guidance) needs a "
-                "class-conditional model: set config.model.num_classes to the data set's classes"
-            )
-        if exp.sampling.predictor == "ancestral_sampling" and exp.sde.name == "subvpsde":
-            raise ValueError(
-                "config.sampling.predictor='ancestral_sampling' is defined for vesde and vpsde only"
-            )
-        return exp
-
-    def build_model(self):
-        """The network of this experiment."""
-        return self.model.build(self.sde, self.data.centered)
-
-    def signature(self) -> dict[str, Any]:
-        """What a checkpoint's contents depend on: the network, the SDE and the image shape."""
-        return {
-            "model": self.model.name,
-            "model_fields": self.model.fields,
-            "sde": dataclasses.asdict(self.sde),
-            "image_shape": [self.data.image_size, self.data.image_size, self.data.num_channels],
-            "continuous": self.training.continuous,
-        }

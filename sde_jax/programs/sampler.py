@@ -1,0 +1,120 @@
+"""The configured sampler of a run over every device, and sampling in rounds.
+
+Samples are produced in rounds (:func:`sample_round`, the one loop every mode that samples uses),
+each round one compiled program whose batch axis is split over the device mesh; round ``r``'s key
+is ``fold_in(key, r)``, so the samples do not depend on how many devices produced them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from sde_jax.data import inverse_scaler
+from sde_jax.models import make_score_fn
+from sde_jax.programs.config import SamplingConfig
+from sde_jax.programs.experiment import Experiment
+from sde_jax.sampling import method_options, sample
+from sde_jax.sde import SDE
+from sde_jax.sharding import batch_sharded, check_batch_size, replicated
+
+Array = jax.Array
+
+
+# Sampler options that config.sampling sets through a field of another name.
+_FIELD_OF_OPTION = {
+    "n_steps": "n_steps_each",
+    "denoise": "noise_removal",
+    "solver": "ode_solver",
+    "controller": "ode_controller",
+}
+# Field values that mean "the sampler's own default": the option is not passed.
+_UNSET = {"schedule": "", "s_max": 0.0}
+# The options of the ODE sampler's other step-size controller, which it refuses.
+_OTHER_CONTROLLER = {"pid": ("num_steps", "rho"), "fixed": ("rtol", "atol")}
+
+
+def sampler_options(cfg: SamplingConfig) -> dict[str, Any]:
+    """The options of ``sde_jax.sampling.sample`` for ``cfg.method``: those the method takes
+    (:func:`sde_jax.sampling.method_options`) that a field of ``cfg`` sets, except fields left at
+    "the method's default" (empty ``schedule``, zero ``s_max``)."""
+    skip = _OTHER_CONTROLLER[cfg.ode_controller] if cfg.method == "ode" else ()
+    options = {}
+    for name in method_options(cfg.method):
+        field = _FIELD_OF_OPTION.get(name, name)
+        if name in skip or not hasattr(cfg, field):
+            continue
+        value = getattr(cfg, field)
+        if name not in _UNSET or value != _UNSET[name]:
+            options[name] = value
+    return options
+
+
+def make_sample_fn(
+    cfg: SamplingConfig,
+    sde: SDE,
+    model: nn.Module,
+    shape: tuple[int, ...],
+    mesh: Mesh,
+    *,
+    continuous: bool = True,
+) -> Callable[[Any, Array], tuple[Array, Array]]:
+    """The jitted ``sample_fn(params, key) -> (samples [B, H, W, C], nfe)`` of the configured
+    sampler (:func:`sde_jax.sampling.sample` with ``cfg.method`` and :func:`sampler_options`), in
+    the model's data scaling, with the batch split over ``mesh``."""
+    score = make_score_fn(sde, model, continuous=continuous)
+    options = sampler_options(cfg)
+
+    def run(params, key):
+        score_fn = lambda x, t: score({"params": params}, x, t)
+        return sample(key, score_fn, sde, shape, method=cfg.method, **options)
+
+    return jax.jit(
+        run,
+        in_shardings=(replicated(mesh), replicated(mesh)),
+        out_shardings=(batch_sharded(mesh), replicated(mesh)),
+    )
+
+
+def experiment_sample_fn(exp: Experiment, model: nn.Module, mesh: Mesh) -> Callable:
+    """:func:`make_sample_fn` for ``exp``'s sampler, SDE and image shape, ``sampling.batch_size``
+    samples per call."""
+    check_batch_size(exp.sampling.batch_size, mesh, "config.sampling.batch_size")
+    shape = (exp.sampling.batch_size, *exp.image_shape)
+    return make_sample_fn(
+        exp.sampling, exp.sde.build(), model, shape, mesh, continuous=exp.training.continuous
+    )
+
+
+def sample_round(fn: Callable, params: Any, key: Array, r: int, *args) -> tuple[np.ndarray, int]:
+    """Round ``r`` of a sampling run: ``fn(params, fold_in(key, r), *args) -> (samples, nfe)``,
+    the samples brought to the host.
+
+    Every mode samples in rounds through this function, so round ``r`` of a run draws the same
+    samples whatever the device count. Raises ``FloatingPointError`` naming the round if a sample
+    is not finite.
+    """
+    x, nfe = fn(params, jax.random.fold_in(key, r), *args)
+    x = np.asarray(jax.device_get(x))
+    bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+    if bad:
+        raise FloatingPointError(f"sampling round {r}: {bad} non-finite values in the samples")
+    return x, int(nfe)
+
+
+def generate(
+    exp: Experiment, sample_fn: Callable, params: Any, key: Array, num_samples: int
+) -> tuple[np.ndarray, int]:
+    """``num_samples`` images in [0, 1] ``[N, H, W, C]`` from rounds of ``sample_fn``, and the NFE
+    per sample."""
+    rounds = [
+        sample_round(sample_fn, params, key, r)
+        for r in range(-(-num_samples // exp.sampling.batch_size))
+    ]
+    images = np.clip(inverse_scaler(exp.data)(np.concatenate([x for x, _ in rounds])), 0.0, 1.0)
+    return images[:num_samples], rounds[-1][1]
