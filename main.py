@@ -6,7 +6,13 @@
   python main.py --mode=fid_stats --config=configs/vp_cifar10.py
 
 Any config field can be overridden, e.g. ``--config.training.batch_size=64``.
+
+A problem with the config, the workdir, the data or a file is reported in one line naming it;
+``--verbosity=1`` (or ``SDE_JAX_TRACEBACK=1``) shows the traceback as well.
 """
+
+import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -25,7 +31,23 @@ flags.DEFINE_integer("step", None, "Checkpoint step for --mode=sample (default: 
 flags.mark_flags_as_required(["config", "mode"])
 
 
+# What bad input, a missing file or a diverged run raise: reported in one line. Anything else is a
+# bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError, FloatingPointError, NotImplementedError)
+
+
 def main(argv):
+    try:
+        run(argv)
+    except USER_ERRORS as e:
+        if FLAGS.verbosity >= 1 or os.environ.get("SDE_JAX_TRACEBACK"):
+            raise
+        message = " ".join(str(e).split())  # One line, whatever the exception held.
+        print(f"error: --mode={FLAGS.mode}: {message}", file=sys.stderr)
+        sys.exit(1)
+
+
+def run(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.mode != "fid_stats" and not FLAGS.workdir:

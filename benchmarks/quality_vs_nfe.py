@@ -1,6 +1,11 @@
 """Sample quality against the number of score evaluations (NFE), for every sampler of
 ``sde_jax.sampling.sample``.
 
+Needs, for the ``digits`` part (run by default): a trained digits model in ``--workdir`` (default
+``runs/digits``: its ``run.json`` and at least one checkpoint). Train it first with
+``python main.py --mode=train --config=configs/digits.py --workdir=runs/digits``, or leave that part
+out with ``--parts mixture``; without it the script stops at once and says so.
+
 Two targets:
 
 - ``mixture``: a closed-form 2-D Gaussian mixture (8 components on a ring, unequal weights and
@@ -50,6 +55,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sde_jax.closed_form import ring_mixture  # noqa: E402
+from sde_jax.programs.checkpoint import PREEMPTION, SNAPSHOTS, Checkpoints  # noqa: E402
+from sde_jax.programs.experiment import Experiment  # noqa: E402
+from sde_jax.programs.workdir import SIGNATURE, check_signature  # noqa: E402
 from sde_jax.sampling import SOLVERS, sample, solver_nfe, time_of  # noqa: E402
 from sde_jax.sde import VESDE, VPSDE, SubVPSDE  # noqa: E402
 
@@ -541,14 +549,53 @@ def plot(rows, path):
     fig.savefig(path, dpi=110)
 
 
+def _digits_run_missing(workdir):
+    """What the digits part needs from ``workdir`` and lacks (``None``: nothing)."""
+    if not os.path.isdir(workdir):
+        return "does not exist"
+    if not os.path.isfile(os.path.join(workdir, SIGNATURE)):
+        return f"has no {SIGNATURE}"
+    ckpts = Checkpoints(workdir, writable=False)
+    latest = ckpts.latest_step()
+    ckpts.close()
+    return None if latest is not None else f"has no checkpoint in {SNAPSHOTS}/ or {PREEMPTION}/"
+
+
+def _other_model(workdir):
+    """How the run in ``workdir`` differs from ``configs/digits.py`` (``None``: it does not)."""
+    from configs.digits import get_config
+
+    try:
+        check_signature(workdir, Experiment.from_config(get_config()).signature())
+    except ValueError as e:
+        return str(e).partition("Differences: ")[2] or str(e)
+    return None
+
+
+def _train_digits_command(workdir):
+    """The command that trains the digits run into ``workdir``, from wherever it is typed."""
+    rel = os.path.relpath(os.path.abspath(workdir), ROOT)
+    target = os.path.abspath(workdir) if rel.startswith("..") else rel
+    cmd = f"python main.py --mode=train --config=configs/digits.py --workdir={target}"
+    return cmd if pathlib.Path.cwd() == ROOT else f"cd {ROOT} && {cmd}"
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--parts", nargs="+", default=["mixture", "digits"], choices=["mixture", "digits"]
+        "--parts",
+        nargs="+",
+        default=["mixture", "digits"],
+        choices=["mixture", "digits"],
+        help="what to measure; --parts mixture skips the digits part (and needs no trained run)",
     )
-    parser.add_argument("--workdir", default=str(ROOT / "runs" / "digits"), help="digits run")
+    parser.add_argument(
+        "--workdir",
+        default=str(ROOT / "runs" / "digits"),
+        help="the trained digits run (run.json and checkpoints) that the digits part samples from",
+    )
     parser.add_argument("--out", default=str(ROOT / "docs"), help="folder for the table and plot")
     parser.add_argument(
         "--from-json",
@@ -556,6 +603,22 @@ def main():
         help="only rewrite the tables and the plot from the saved .json results",
     )
     args = parser.parse_args()
+    if "digits" in args.parts and not args.from_json:
+        # Checked before the mixture part, which takes most of the run time.
+        missing = _digits_run_missing(args.workdir)
+        if missing:
+            sys.exit(
+                f"error: the digits part needs a trained digits run in --workdir={args.workdir}, "
+                f"which {missing}; train it with `{_train_digits_command(args.workdir)}` or leave "
+                "the part out with --parts mixture"
+            )
+        other = _other_model(args.workdir)
+        if other:
+            sys.exit(
+                f"error: --workdir={args.workdir} holds a run of another model than "
+                f"configs/digits.py ({other}); pass the digits run's folder as --workdir, or "
+                "leave the part out with --parts mixture"
+            )
     name = "quality_vs_nfe" if len(args.parts) == 2 else f"quality_vs_nfe_{args.parts[0]}"
     out = os.path.join(args.out, name)
     if args.from_json:

@@ -3,12 +3,15 @@ KID / IS against float64 references and closed forms, statistics files, --mode=f
 sampling evaluation end to end."""
 
 import dataclasses
+import hashlib
 import importlib
+import io
 import json
 import os
 import pathlib
 import shutil
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -204,20 +207,99 @@ def test_offline_without_weights_says_which_file_to_put_where(tmp_path, monkeypa
         weights.load_inception(str(tmp_path / "missing.pth"))
 
 
-def test_download_verifies_the_checksum(tmp_path):
-    import hashlib
+def _same_prefix_other_digest(data: bytes) -> str:
+    """A SHA-256 (hex) that starts with the first 8 hex digits of ``data``'s but is not its."""
+    sha = hashlib.sha256(data).hexdigest()
+    return sha[:8] + ("0" if sha[8] != "0" else "1") + sha[9:]
 
-    src = tmp_path / "src.bin"
-    src.write_bytes(b"some weights")
-    url = pathlib.Path(src).as_uri()
-    good = hashlib.sha256(b"some weights").hexdigest()[:8]
+
+def _serve(monkeypatch, data: bytes) -> list:
+    """Makes ``urllib.request.urlopen`` answer every URL with ``data``; returns the URLs asked."""
+    asked = []
+
+    def urlopen(url, timeout=None):
+        asked.append(url)
+        return io.BytesIO(data)
+
+    monkeypatch.setattr(weights.urllib.request, "urlopen", urlopen)
+    return asked
+
+
+def test_download_checks_the_whole_digest(tmp_path, monkeypatch):
+    _serve(monkeypatch, b"some weights")
+    url = "https://example.invalid/w.bin"
     dest = tmp_path / "out" / "w.bin"
-    weights.download(url, str(dest), sha256_prefix=good)
+    weights.download(url, str(dest), sha256=hashlib.sha256(b"some weights").hexdigest())
     assert dest.read_bytes() == b"some weights"
-    bad_dest = tmp_path / "out" / "bad.bin"
-    with pytest.raises(ValueError, match="does not start with"):
-        weights.download(url, str(bad_dest), sha256_prefix="00000000")
+    expected = _same_prefix_other_digest(b"some weights")
+    with pytest.raises(ValueError) as info:
+        weights.download(url, str(tmp_path / "out" / "bad.bin"), sha256=expected)
+    msg = str(info.value)
+    assert "\n" not in msg and url in msg and expected in msg and "deleted" in msg
+    assert hashlib.sha256(b"some weights").hexdigest() in msg
     assert sorted(p.name for p in dest.parent.iterdir()) == ["w.bin"]  # Nothing half-written.
+
+
+def test_inception_files_sharing_only_the_digest_prefix_are_refused(tmp_path, monkeypatch):
+    payload = b"not the Inception weights"
+    monkeypatch.setattr(weights, "INCEPTION_SHA256", _same_prefix_other_digest(payload))
+    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setitem(sys.modules, "torch", None)  # Refused before PyTorch would read it.
+    asked = _serve(monkeypatch, payload)
+    with pytest.raises(ValueError, match="deleted"):
+        weights.load_inception()
+    assert asked == [weights.INCEPTION_URL]
+    inception = tmp_path / "cache" / "inception"
+    assert list(inception.iterdir()) == []
+    # The same file put into the cache by hand.
+    (inception / weights.INCEPTION_FILE).write_bytes(payload)
+    with pytest.raises(ValueError) as info:
+        weights.load_inception()
+    msg = str(info.value)
+    assert "\n" not in msg and str(inception / weights.INCEPTION_FILE) in msg
+    assert weights.INCEPTION_SHA256 in msg and hashlib.sha256(payload).hexdigest() in msg
+    assert asked == [weights.INCEPTION_URL]
+
+
+def test_download_is_checked_converted_once_and_then_read_from_the_cache(
+    tmp_path, monkeypatch, random_params
+):
+    payload = b"stands for the .pth"
+    monkeypatch.setattr(weights, "INCEPTION_SHA256", hashlib.sha256(payload).hexdigest())
+    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "cache"))
+    asked = _serve(monkeypatch, payload)
+    read = []
+    monkeypatch.setattr(
+        weights, "state_dict_from_pth", lambda p: read.append(p) or random_state_dict()
+    )
+    first = weights.load_inception()
+    assert first.fingerprint == weights.fingerprint(random_params)
+    assert len(asked) == len(read) == 1
+    assert weights.load_inception().fingerprint == first.fingerprint
+    assert len(asked) == len(read) == 1
+    # A converted file that does not record the expected digest (e.g. converted by an earlier
+    # version from a file that only shared its first 8 hex digits) is refused.
+    npz = tmp_path / "cache" / "inception" / weights.INCEPTION_FILE.replace(".pth", ".npz")
+    weights.save_params(str(npz), random_params, source=f"{weights.INCEPTION_FILE} sha256=6726825d")
+    with pytest.raises(ValueError, match=r"was converted from .*delete it"):
+        weights.load_inception()
+
+
+def test_a_torchscript_file_is_read_with_a_warning_naming_it(tmp_path, monkeypatch, caplog):
+    pt = tmp_path / "model.pt"
+    pt.write_bytes(b"TorchScript")
+    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "cache"))
+
+    def jit_load(path, map_location=None):
+        raise RuntimeError("stop here")
+
+    torch = types.SimpleNamespace(jit=types.SimpleNamespace(load=jit_load))
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    with caplog.at_level("WARNING", logger=weights.__name__), pytest.raises(RuntimeError):
+        weights.load_inception(str(pt))
+    (record,) = [r for r in caplog.records if r.name == weights.__name__]
+    assert record.levelname == "WARNING"
+    assert str(pt) in record.getMessage() and "runs code" in record.getMessage()
 
 
 @pytest.mark.slow

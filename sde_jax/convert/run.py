@@ -8,8 +8,9 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from sde_jax.programs.checkpoint import Checkpoints, check_signature
+from sde_jax.programs.checkpoint import Checkpoints
 from sde_jax.programs.experiment import Experiment
+from sde_jax.programs.workdir import check_signature
 from sde_jax.training import TrainState
 
 
@@ -33,7 +34,7 @@ def save_as_run(
         ema_params=ema_params,
         opt_state=exp.optim.build().init(params),
     )
-    ckpts = Checkpoints(str(out))
+    ckpts = Checkpoints(str(out), signature=exp.signature())
     ckpts.save(int(step), state, {"data": None}, snapshot=True)
     ckpts.close()
     return out

@@ -13,11 +13,21 @@ Two TFDS defaults need TensorFlow and are avoided: ``tfds.features.Image`` encod
 ``tf.image.encode_png``, so examples are given as PIL images, which TFDS encodes with PIL; and
 ``dataset_info_from_configs`` reads package metadata files, so ``_info`` builds ``DatasetInfo``
 directly.
+
+Preparing is atomic: the data set is built in a temporary folder next to ``sklearn_digits/`` and its
+version folder is renamed into place only when complete, so a killed prepare leaves nothing that
+counts as prepared and the next use prepares again (removing what the killed one left).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import pathlib
+import shutil
 import tempfile
+from collections.abc import Iterator
 from typing import ClassVar
 
 import numpy as np
@@ -30,6 +40,11 @@ DIGITS_VERSION = "1.0.0"
 NUM_CLASSES = 10
 TEST_PER_CLASS = 30
 SPLIT_SEED = 0
+# Temporary build folders in the data directory; any left there was left by a killed prepare.
+_TMP_PREFIX = f".{TFDS_NAME}-preparing-"
+# What TFDS names its own unfinished version folders (left in the data directory by a prepare of an
+# earlier version of this module that was killed).
+_TFDS_INCOMPLETE = "incomplete."
 
 
 def load_digits_uint8() -> tuple[np.ndarray, np.ndarray]:
@@ -106,10 +121,55 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder):
             )
 
 
+@contextlib.contextmanager
+def _exclusive(root: pathlib.Path) -> Iterator[bool]:
+    """Holds an exclusive lock on ``root`` (released by the OS if the process dies); yields whether
+    it could be taken (some network file systems cannot lock)."""
+    with open(root / f".{TFDS_NAME}.lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError:
+            yield False
+            return
+        yield True
+
+
 def prepare(data_dir: str) -> None:
-    """Writes the array_record files and TFDS metadata under ``data_dir/sklearn_digits/1.0.0``."""
-    builder = SklearnDigits(data_dir=data_dir, file_format="array_record")
-    # Nothing is downloaded; a throw-away download directory keeps TFDS from leaving an empty
-    # `downloads/` folder in the data directory.
-    with tempfile.TemporaryDirectory() as download_dir:
-        builder.download_and_prepare(download_dir=download_dir)
+    """Writes the array_record files and TFDS metadata under ``data_dir/sklearn_digits/1.0.0``.
+
+    The version folder appears only complete (see the module docstring). Processes that share
+    ``data_dir`` take turns; the ones that find it prepared return at once.
+    """
+    root = pathlib.Path(data_dir)
+    target = root / TFDS_NAME / DIGITS_VERSION
+    if (target / "dataset_info.json").is_file():
+        return  # Without taking the lock, so that a prepared read-only data directory works.
+    root.mkdir(parents=True, exist_ok=True)
+    with _exclusive(root) as locked:
+        if (target / "dataset_info.json").is_file():
+            return
+        if locked:
+            # Under the lock no other process is building, so these are all from killed ones.
+            stale = [*root.glob(f"{_TMP_PREFIX}*"), *root.glob(f"{TFDS_NAME}/{_TFDS_INCOMPLETE}*")]
+            for path in stale:
+                shutil.rmtree(path, ignore_errors=True)
+        if target.exists():
+            # A version folder without its metadata was not written by this function; it would
+            # block the rename and cannot be read.
+            shutil.rmtree(target)
+        build = pathlib.Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=root))
+        try:
+            builder = SklearnDigits(data_dir=str(build), file_format="array_record")
+            # Nothing is downloaded; a throw-away download directory keeps TFDS from leaving an
+            # empty `downloads/` folder behind.
+            with tempfile.TemporaryDirectory() as download_dir:
+                builder.download_and_prepare(download_dir=download_dir)
+            target.parent.mkdir(exist_ok=True)
+            try:
+                os.rename(build / TFDS_NAME / DIGITS_VERSION, target)
+            except OSError:
+                # Without the lock another process may have renamed its copy first, which is fine.
+                if not (target / "dataset_info.json").is_file():
+                    raise
+        finally:
+            shutil.rmtree(build, ignore_errors=True)

@@ -53,6 +53,7 @@ def dataset_info(cfg: DataConfig) -> DatasetInfo:
     Raises:
         DatasetNotPreparedError: a TFDS data set is not prepared (the message says how).
         FileNotFoundError: the image folder is missing or empty.
+        ValueError: the image folder holds files that cannot be read (the message names them).
     """
     spec = cfg.spec
     if spec.tfds_name is None:
@@ -223,7 +224,8 @@ def make_dataset(
         process_count``, and ``"mask": bool [B_local]`` when padding (see ``drop_remainder``).
 
     Raises:
-        ValueError: bad split, or a batch size not divisible by the process count.
+        ValueError: bad split, a batch size not divisible by the process count, or files in the
+            image folder that cannot be read (the message names them).
         DatasetNotPreparedError: the TFDS data set is not prepared (the message says how).
         FileNotFoundError: the image folder is missing or empty.
     """

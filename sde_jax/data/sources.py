@@ -7,8 +7,10 @@ array_record files, which needs no TensorFlow; images are decoded with PIL (or O
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import pathlib
+import re
 import shlex
 import sys
 from collections.abc import Sequence
@@ -22,6 +24,7 @@ from sde_jax.data.catalog import DatasetSpec
 from sde_jax.data.config import DataConfig
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_VERSION = re.compile(r"\d+\.\d+\.\d+")
 
 
 class DatasetNotPreparedError(FileNotFoundError):
@@ -93,7 +96,10 @@ def tfds_builder(cfg: DataConfig) -> tfds.core.DatasetBuilder:
 
 def _is_prepared(tfds_name: str, data_dir: str) -> bool:
     root = pathlib.Path(data_dir, *tfds_name.split("/"))
-    return root.is_dir() and any(root.glob("*/dataset_info.json"))
+    # Only version folders count: a killed TFDS build leaves `incomplete.*` folders with metadata.
+    return root.is_dir() and any(
+        _VERSION.fullmatch(p.parent.name) for p in root.glob("*/dataset_info.json")
+    )
 
 
 class TfdsSource(Sequence):
@@ -117,12 +123,70 @@ class TfdsSource(Sequence):
         return f"TfdsSource({self._source!r})"
 
 
+def _unreadable(path: str) -> str | None:
+    """Why PIL cannot read the image file ``path``, or ``None`` if it can.
+
+    Cheap checks that catch truncated and garbled files: a PNG's chunk structure and checksums
+    (``verify``); a JPEG is decoded at 1/8 scale, since its ``verify`` checks nothing.
+    """
+    try:
+        with PIL.Image.open(path) as im:
+            if im.format == "JPEG":
+                im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
+                im.load()
+            else:
+                im.verify()
+    except PIL.UnidentifiedImageError:
+        return "not an image PIL can read"
+    except (OSError, SyntaxError, ValueError) as e:  # What PIL raises for damaged files.
+        return " ".join(str(e).split()) or type(e).__name__
+    return None
+
+
+# Folders whose files (paths, sizes, modification times) were all checked in this process: building
+# the train and eval sources of one folder checks it once.
+_CHECKED: set[int] = set()
+
+
+def check_images(folder: str, paths: Sequence[str]) -> None:
+    """Checks that PIL can read every file of ``paths`` (under ``folder``).
+
+    Raises:
+        ValueError: some cannot be read; one line naming the first few (relative to ``folder``)
+            and how many there are.
+    """
+    stats = [os.stat(p) for p in paths]
+    key = hash(tuple((p, st.st_size, st.st_mtime_ns) for p, st in zip(paths, stats, strict=True)))
+    if key in _CHECKED:
+        return
+    with concurrent.futures.ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
+        reasons = list(pool.map(_unreadable, paths))
+    bad = [(p, r) for p, r in zip(paths, reasons, strict=True) if r is not None]
+    if bad:
+        root = os.path.expanduser(folder)
+        shown = "; ".join(f"{os.path.relpath(p, root)} ({r})" for p, r in bad[:3])
+        more = f"; and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise ValueError(
+            f"data.folder={folder!r}: {len(bad)} of {len(paths)} images cannot be read: "
+            f"{shown}{more}. Remove or replace them."
+        )
+    _CHECKED.add(key)
+
+
 class ImageFolderSource(Sequence):
     """The PNG/JPEG files under a directory (recursively, in sorted path order), as ``uint8`` images.
+
+    Every file is checked when the source is built (``check_images``), and a damaged one is an
+    error then, not skipped: skipping would silently change the data set, and failing at once beats
+    failing some steps into training.
 
     Args:
         folder: the directory.
         num_channels: 1 (converted to grayscale) or 3 (converted to RGB).
+
+    Raises:
+        FileNotFoundError: the folder is missing or holds no images.
+        ValueError: some images cannot be read (the message names them).
     """
 
     def __init__(self, folder: str, num_channels: int):
@@ -136,6 +200,7 @@ class ImageFolderSource(Sequence):
             raise FileNotFoundError(
                 f"data.folder={folder!r} holds no images ({', '.join(IMAGE_SUFFIXES)})."
             )
+        check_images(folder, self._paths)
         self._mode = "L" if num_channels == 1 else "RGB"
 
     def __len__(self) -> int:
@@ -154,7 +219,8 @@ def open_source(cfg: DataConfig, split: str) -> Sequence:
     """The random-access source of one split (``"train"`` or ``"eval"``) of ``cfg.dataset``.
 
     Raises:
-        ValueError: unknown split.
+        ValueError: unknown split, or files in the image folder that cannot be read (see
+            ``ImageFolderSource``).
         DatasetNotPreparedError: see ``tfds_builder``.
         FileNotFoundError: the image folder is missing or empty.
     """

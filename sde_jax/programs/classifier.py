@@ -262,7 +262,7 @@ def load_classifier(workdir: str, exp: Experiment):
         params = model.init(k, jnp.zeros((1, *shape)), jnp.ones((1,)))["params"]
         return TrainState(jnp.zeros((), jnp.int32), params, params, optimizer.init(params))
 
-    ckpts = Checkpoints(workdir)
+    ckpts = Checkpoints(workdir, writable=False)
     if ckpts.latest_step() is None:
         raise FileNotFoundError(f"no classifier checkpoint in {workdir!r}")
     state, _ = ckpts.restore(jax.eval_shape(init, jax.random.key(0)))

@@ -43,7 +43,12 @@ from sde_jax.programs.checkpoint import restore_ema
 from sde_jax.programs.classifier import load_classifier
 from sde_jax.programs.experiment import Experiment
 from sde_jax.programs.images import save_grid, to_uint8_rounded
-from sde_jax.programs.sampler import sample_round
+from sde_jax.programs.sampler import (
+    check_output_dir,
+    output_settings,
+    sample_round,
+    write_settings,
+)
 from sde_jax.sharding import batch_sharded, check_batch_size, make_mesh, replicated
 
 MASKS = ("lower_half", "upper_half", "left_half", "right_half", "center")
@@ -252,6 +257,11 @@ def run_task(exp: Experiment, workdir: str, *, step: int | None = None) -> str:
     scaler, inverse = data_scaler(exp.data), inverse_scaler(exp.data)
     key = jax.random.fold_in(jax.random.key(exp.seed), 2_000_003)
     out_dir = os.path.join(workdir, "samples", f"step_{step}", task)
+    if task == "class_conditional":
+        name = "all" if cfg.class_label == -1 else cfg.class_label
+        out_dir += f"_class{name}_scale{cfg.guidance_scale:g}"
+    settings = output_settings(exp, step)
+    check_output_dir(out_dir, settings)
     arrays: dict[str, np.ndarray] = {}
 
     if task == "class_conditional":
@@ -290,8 +300,6 @@ def run_task(exp: Experiment, workdir: str, *, step: int | None = None) -> str:
         samples = np.clip(np.asarray(inverse(x)), 0.0, 1.0)
         grid = dict(images01=samples, ncol=num_classes if cfg.class_label == -1 else None)
         arrays.update(labels=labels)
-        name = "all" if cfg.class_label == -1 else cfg.class_label
-        out_dir += f"_class{name}_scale{cfg.guidance_scale:g}"
     else:
         n = len(images)
         k = cfg.num_completions
@@ -336,5 +344,6 @@ def run_task(exp: Experiment, workdir: str, *, step: int | None = None) -> str:
             nfe=int(nfe),
             **arrays,
         )
+        write_settings(out_dir, settings)
     print(f"wrote {len(samples)} {task} samples ({int(nfe)} score evaluations each) to {out_dir}")
     return out_dir

@@ -24,16 +24,18 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, PartitionSpec
 
 from sde_jax import data as data_lib
 from sde_jax.likelihood import bits_per_dim, log_likelihood
 from sde_jax.models import make_score_fn
-from sde_jax.programs.checkpoint import Checkpoints, abstract_state, check_signature
+from sde_jax.programs.checkpoint import Checkpoints, abstract_state
 from sde_jax.programs.experiment import Experiment
 from sde_jax.programs.quality import SampleEvaluator
 from sde_jax.programs.summary import SummaryWriter
+from sde_jax.programs.workdir import check_signature
 from sde_jax.sharding import (
     batch_sharded,
     check_batch_size,
@@ -92,31 +94,71 @@ def make_bpd_fn(exp: Experiment, model, mesh: Mesh) -> Callable:
     return jax.jit(bpd_fn, in_shardings=(rep, batch, rep), out_shardings=(batch, rep))
 
 
+def _loss_settings(exp: Experiment) -> dict[str, Any]:
+    cfg = exp.eval
+    return dict(
+        batch_size=cfg.batch_size, dataset=cfg.bpd_dataset, seed=exp.seed,
+        **exp.training.loss_options(),
+    )  # fmt: skip
+
+
+def _bpd_settings(exp: Experiment) -> dict[str, Any]:
+    cfg = exp.eval
+    return dict(
+        batch_size=cfg.batch_size, dataset=cfg.bpd_dataset, max_examples=cfg.bpd_max_examples,
+        trace=cfg.trace, rtol=cfg.rtol, atol=cfg.atol, seed=exp.seed,
+    )  # fmt: skip
+
+
+def _part(progress: dict, name: str, settings: dict[str, Any], path: str) -> dict:
+    """``progress[name]``, or a fresh part when it was computed with other settings: saved
+    batches are only ever continued by the settings that made them."""
+    settings = json.loads(json.dumps(settings))
+    part = progress.get(name) or {}
+    if part and part.get("settings") != settings:
+        logging.warning(
+            "%s: the saved %s results were made with other settings (%s; now %s): computing "
+            "them again",
+            path, name, part.get("settings"), settings,
+        )  # fmt: skip
+        part = {}
+    part["settings"] = settings
+    progress[name] = part
+    return part
+
+
 def evaluate_step(
     exp: Experiment, workdir: str, step: int, params: Any, mesh: Mesh, sample_eval=None
 ) -> dict:
     """Evaluates one snapshot, resuming from ``<workdir>/eval/step_<step>.json``; with
     ``config.eval.enable_sampling``, ``sample_eval`` (a :class:`sde_jax.programs.quality.
-    SampleEvaluator`) adds FID, IS and KID."""
+    SampleEvaluator`) adds FID, IS and KID.
+
+    Each part's saved batches are keyed by every setting that changes them (batch size, split,
+    example limit, trace estimator, tolerances, seed, loss options); a rerun with other settings
+    computes that part again. Bits/dim repeats are independent, so a larger ``num_repeats`` adds
+    repeats and a smaller one averages the first ones.
+    """
     cfg = exp.eval
     path = os.path.join(workdir, "eval", f"step_{step}.json")
-    progress: dict[str, Any] = {"step": step, "loss": {}, "bpd": {}}
+    progress: dict[str, Any] = {"step": step}
     if os.path.exists(path):
         with open(path) as f:
             progress = json.load(f)
-        if progress.get("done") and (not cfg.enable_sampling or "sampling" in progress):
-            return progress
+    before = json.dumps(progress, sort_keys=True)
     sde = exp.sde.build()
     model = exp.build_model()
     key = jax.random.fold_in(jax.random.key(exp.seed), step)
     spec = PartitionSpec("data")
 
-    if cfg.enable_loss and "mean" not in progress["loss"]:
+    if cfg.enable_loss:
+        part = _part(progress, "loss", _loss_settings(exp), path)
+    if cfg.enable_loss and "mean" not in part:
         loss_fn = make_loss(
             sde, model, **exp.training.loss_options(), train=False, per_example=True
         )
         eval_step = make_eval_step(loss_fn, mesh)
-        done = progress["loss"].setdefault("batches", [])
+        done = part.setdefault("batches", [])
         scaler = data_lib.data_scaler(exp.data)
         for i, (images, mask) in enumerate(_eval_batches(exp)):
             if i < len(done):
@@ -128,14 +170,19 @@ def evaluate_step(
             done.append([float(np.sum(real)), int(real.size)])
             _atomic_json(path, progress)
         total = np.sum(np.asarray(done), axis=0)
-        progress["loss"]["mean"] = float(total[0] / total[1])
+        part["mean"] = float(total[0] / total[1])
         _atomic_json(path, progress)
 
     if cfg.enable_bpd:
-        bpd_fn = make_bpd_fn(exp, model, mesh)
+        part = _part(progress, "bpd", _bpd_settings(exp), path)
+        repeats, complete = part.setdefault("repeats", {}), part.setdefault("complete", [])
         limit = cfg.bpd_max_examples or None
+        bpd_fn = None
         for repeat in range(cfg.num_repeats):
-            record = progress["bpd"].setdefault(str(repeat), [])
+            if repeat in complete:
+                continue
+            bpd_fn = bpd_fn or make_bpd_fn(exp, model, mesh)
+            record = repeats.setdefault(str(repeat), [])
             seen = sum(c for _, c in record)
             for i, (images, mask) in enumerate(_eval_batches(exp)):
                 if limit is not None and seen >= limit:
@@ -156,31 +203,33 @@ def evaluate_step(
                 record.append([float(np.sum(real)), int(real.size)])
                 seen += int(real.size)
                 _atomic_json(path, progress)
+            complete.append(repeat)
+            _atomic_json(path, progress)
         per_repeat = [
-            sum(s for s, _ in progress["bpd"][str(r)]) / sum(c for _, c in progress["bpd"][str(r)])
+            sum(s for s, _ in repeats[str(r)]) / sum(c for _, c in repeats[str(r)])
             for r in range(cfg.num_repeats)
         ]
         progress["bpd_mean"] = float(np.mean(per_repeat))
         progress["bpd_per_repeat"] = per_repeat
-    if cfg.enable_sampling and "sampling" not in progress:
-        _atomic_json(path, progress)
+    if cfg.enable_sampling:
+        # The sample rounds check their own settings and refuse to mix (SampleEvaluator).
         progress["sampling"] = sample_eval(workdir, step, params)
-    progress["done"] = True
-    _atomic_json(path, progress)
+    if json.dumps(progress, sort_keys=True) != before:  # A finished evaluation is left as it is.
+        _atomic_json(path, progress)
     return progress
 
 
 def run_eval_mode(exp: Experiment, workdir: str) -> dict:
     """``--mode=eval``: evaluates every snapshot in the configured range; returns and writes the
     report."""
-    check_signature(workdir, exp.signature(), write=False)
+    check_signature(workdir, exp.signature())
     mesh = make_mesh()
     check_batch_size(exp.eval.batch_size, mesh, "config.eval.batch_size")
     if not (exp.eval.enable_loss or exp.eval.enable_bpd or exp.eval.enable_sampling):
         raise ValueError(
             "config.eval enables nothing: set enable_loss, enable_bpd or enable_sampling"
         )
-    ckpts = Checkpoints(workdir)
+    ckpts = Checkpoints(workdir, writable=False)
     steps = [
         s
         for s in ckpts.snapshot_steps()
@@ -203,12 +252,12 @@ def run_eval_mode(exp: Experiment, workdir: str) -> dict:
         state, _ = ckpts.restore(target, step)
         result = evaluate_step(exp, workdir, step, state.ema_params, mesh, sample_eval)
         entry = {}
-        if "mean" in result.get("loss", {}):
+        if exp.eval.enable_loss:
             entry["test_loss"] = result["loss"]["mean"]
-        if "bpd_mean" in result:
+        if exp.eval.enable_bpd:
             entry["bpd"] = result["bpd_mean"]
             entry["bpd_per_repeat"] = result["bpd_per_repeat"]
-        if "sampling" in result:
+        if exp.eval.enable_sampling:
             quality = result["sampling"]
             for k in ("fid", "inception_score", "inception_score_std", "kid", "kid_std"):
                 if k in quality:

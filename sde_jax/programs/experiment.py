@@ -96,11 +96,13 @@ class Experiment:
         return self.model.build(self.sde, self.data.centered, **cpu_model_options())
 
     def signature(self) -> dict[str, Any]:
-        """What a checkpoint's contents depend on: the network, the SDE and the image shape."""
+        """What a checkpoint's contents depend on: the network, the SDE, the image shape and the
+        data's scaling (``centered`` changes the network's input mapping)."""
         return {
             "model": self.model.name,
             "model_fields": self.model.fields,
             "sde": dataclasses.asdict(self.sde),
             "image_shape": list(self.image_shape),
             "continuous": self.training.continuous,
+            "centered": self.data.centered,
         }

@@ -11,7 +11,13 @@ from sde_jax.programs.checkpoint import restore_ema
 from sde_jax.programs.conditional_sample import run_task
 from sde_jax.programs.experiment import Experiment
 from sde_jax.programs.images import save_grid, to_uint8_rounded
-from sde_jax.programs.sampler import experiment_sample_fn, generate
+from sde_jax.programs.sampler import (
+    check_output_dir,
+    experiment_sample_fn,
+    generate,
+    output_settings,
+    write_settings,
+)
 from sde_jax.sharding import check_batch_size, make_mesh
 
 # Separates the keys of --mode=sample from those of training's snapshot grids.
@@ -30,15 +36,18 @@ def run_sample_mode(exp: Experiment, workdir: str, *, step: int | None = None) -
     mesh = make_mesh()
     check_batch_size(exp.sampling.batch_size, mesh, "config.sampling.batch_size")
     model, params, step = restore_ema(exp, workdir, mesh, step)
+    out_dir = os.path.join(workdir, "samples", f"step_{step}")
+    settings = output_settings(exp, step)
+    check_output_dir(out_dir, settings)
     sample_fn = experiment_sample_fn(exp, model, mesh)
     key = jax.random.fold_in(jax.random.key(exp.seed), SAMPLE_MODE_SALT)
     images, nfe = generate(exp, sample_fn, params, key, exp.sampling.num_samples)
-    out_dir = os.path.join(workdir, "samples", f"step_{step}")
     if jax.process_index() == 0:
         os.makedirs(out_dir, exist_ok=True)
         np.savez_compressed(
             os.path.join(out_dir, "samples.npz"), images=to_uint8_rounded(images), nfe=nfe
         )
         save_grid(os.path.join(out_dir, "grid.png"), images)
+        write_settings(out_dir, settings)
     print(f"wrote {len(images)} samples ({nfe} score evaluations each) to {out_dir}")
     return out_dir

@@ -7,6 +7,9 @@ is ``fold_in(key, r)``, so the samples do not depend on how many devices produce
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -118,3 +121,49 @@ def generate(
     ]
     images = np.clip(inverse_scaler(exp.data)(np.concatenate([x for x, _ in rounds])), 0.0, 1.0)
     return images[:num_samples], rounds[-1][1]
+
+
+SETTINGS_RECORD = "settings.json"
+
+
+def output_settings(exp: Experiment, step: int) -> dict[str, Any]:
+    """What the samples of ``--mode=sample`` depend on, recorded beside them."""
+    settings = {"step": step, "seed": exp.seed, "sampling": dataclasses.asdict(exp.sampling)}
+    return json.loads(json.dumps(settings))
+
+
+def check_output_dir(out_dir: str, settings: dict[str, Any]) -> None:
+    """Raises ``FileExistsError`` if ``out_dir`` already holds samples made with other settings
+    (or with unrecorded ones), which a new run would overwrite; the same settings reproduce the
+    same samples, so rewriting them is allowed."""
+    if not os.path.exists(os.path.join(out_dir, "samples.npz")):
+        return
+    saved = None
+    record = os.path.join(out_dir, SETTINGS_RECORD)
+    if os.path.exists(record):
+        with open(record) as f:
+            saved = json.load(f)
+    if saved == settings:
+        return
+    if saved is None:
+        what = "unrecorded settings"
+    else:
+        old, new = saved.get("sampling", {}), settings["sampling"]
+        changed = sorted(k for k in new if old.get(k) != new[k])
+        what = (
+            "other settings ("
+            + ", ".join(f"sampling.{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
+            + ")"
+        )
+    raise FileExistsError(
+        f"{out_dir} already holds samples made with {what}; move or delete it to sample again"
+    )
+
+
+def write_settings(out_dir: str, settings: dict[str, Any]) -> None:
+    """Records ``settings`` beside the samples in ``out_dir`` (written last: it marks them
+    complete)."""
+    path = os.path.join(out_dir, SETTINGS_RECORD)
+    with open(path + ".tmp", "w") as f:
+        json.dump(settings, f, indent=1, sort_keys=True)
+    os.replace(path + ".tmp", path)

@@ -86,16 +86,18 @@ def _scalar_summary(scalars: dict[str, float]) -> bytes:
 
 class SummaryWriter:
     """Appends scalars to a TensorBoard event file in ``logdir``; a no-op when ``enabled`` is False
-    (e.g. on processes other than 0 of a multi-host run)."""
+    (e.g. on processes other than 0 of a multi-host run). The file is created with the first
+    scalars, so a run that fails before logging anything leaves no file behind."""
 
     def __init__(self, logdir: str, enabled: bool = True):
-        self.enabled = enabled
+        self.enabled, self.logdir = enabled, logdir
         self.path = None
-        if not enabled:
-            return
-        os.makedirs(logdir, exist_ok=True)
+        self._file = None
+
+    def _open(self) -> None:
+        os.makedirs(self.logdir, exist_ok=True)
         name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
-        self.path = os.path.join(logdir, name)
+        self.path = os.path.join(self.logdir, name)
         self._file = open(self.path, "ab")
         self._write(_event(time.time(), 0, file_version="brain.Event:2"))
 
@@ -106,11 +108,13 @@ class SummaryWriter:
 
     def scalars(self, step: int, scalars: dict[str, float]) -> None:
         if self.enabled:
+            if self._file is None:
+                self._open()
             self._write(_event(time.time(), int(step), summary=_scalar_summary(scalars)))
             self._file.flush()
 
     def close(self) -> None:
-        if self.enabled and not self._file.closed:
+        if self._file is not None and not self._file.closed:
             self._file.close()
 
 

@@ -16,11 +16,12 @@ import numpy as np
 from jax.sharding import PartitionSpec
 
 from sde_jax import data as data_lib
-from sde_jax.programs.checkpoint import Checkpoints, abstract_state, check_signature
+from sde_jax.programs.checkpoint import Checkpoints, abstract_state
 from sde_jax.programs.experiment import Experiment
 from sde_jax.programs.images import save_grid
 from sde_jax.programs.sampler import experiment_sample_fn, generate
 from sde_jax.programs.summary import Progress, SummaryWriter
+from sde_jax.programs.workdir import check_signature
 from sde_jax.sharding import check_batch_size, global_batch, make_mesh, replicated
 from sde_jax.training import TrainState, init_state, make_eval_step, make_loss, make_train_step
 
@@ -38,6 +39,33 @@ class _Preemption:
 
     def restore(self):
         signal.signal(signal.SIGTERM, self._previous)
+
+
+class _LossCheck:
+    """The training losses since the last check, kept on the devices until :meth:`check` (before
+    every log line and every save), which raises at the first non-finite loss, naming its step
+    and the checkpoint that is kept."""
+
+    def __init__(self, ckpts: Checkpoints):
+        self.pending: list[tuple[int, jax.Array]] = []
+        self.ckpts = ckpts
+
+    def add(self, first_step: int, losses: jax.Array) -> None:
+        self.pending.append((first_step, losses))
+
+    def check(self) -> None:
+        for first_step, losses in self.pending:
+            values = np.asarray(losses)
+            bad = np.flatnonzero(~np.isfinite(values))
+            if bad.size:
+                at = first_step + int(bad[0]) + 1
+                raise FloatingPointError(
+                    f"training loss is {values[bad[0]]} at step {at}; nothing was saved after it, "
+                    f"the newest checkpoint in {self.ckpts.workdir} (step "
+                    f"{self.ckpts.latest_step()}) is kept: lower config.optim.lr or raise "
+                    "config.optim.warmup, and train again from there"
+                )
+        self.pending.clear()
 
 
 def run_train_mode(exp: Experiment, workdir: str) -> TrainState:
@@ -60,7 +88,8 @@ def run_train_mode(exp: Experiment, workdir: str) -> TrainState:
     optimizer = exp.optim.build()
     key = jax.random.key(exp.seed)
     init_key, train_key, eval_key, sample_key = jax.random.split(key, 4)
-    ckpts = Checkpoints(workdir)
+    # run.json is written with the first checkpoint: a command that fails first leaves none.
+    ckpts = Checkpoints(workdir, signature=exp.signature())
     target = abstract_state(exp, model, mesh)
     if ckpts.latest_step() is not None:
         state, extra = ckpts.restore(target)
@@ -100,6 +129,7 @@ def run_train_mode(exp: Experiment, workdir: str) -> TrainState:
     progress = Progress(cfg.n_iters, start=step)
     preemption = _Preemption()
     n = cfg.n_jitted_steps
+    losses_since_check = _LossCheck(ckpts)
     try:
         while step < cfg.n_iters:
             examples = [next(train_iter) for _ in range(n)]
@@ -109,11 +139,11 @@ def run_train_mode(exp: Experiment, workdir: str) -> TrainState:
                 labels = np.stack([e["label"] for e in examples]).astype(np.int32)
                 batches = (batches, global_batch(labels, mesh, PartitionSpec(None, "data")))
             state, losses = train_step(state, batches, train_key)
+            losses_since_check.add(step, losses)
             step += n
             if step % cfg.log_freq == 0:
+                losses_since_check.check()
                 loss = float(jnp.mean(losses))
-                if not np.isfinite(loss):
-                    raise FloatingPointError(f"training loss is {loss} at step {step}")
                 writer.scalars(step, {"train/loss": loss})
                 progress.update(step, f"loss {loss:.4f}")
             if step % cfg.eval_freq == 0:
@@ -123,7 +153,10 @@ def run_train_mode(exp: Experiment, workdir: str) -> TrainState:
                 )
                 writer.scalars(step, {"eval/loss": eval_loss})
             extra = {"data": train_iter.get_state()}  # A small JSON dict.
-            if step % cfg.snapshot_freq == 0 or step == cfg.n_iters:
+            saving = step % cfg.snapshot_freq == 0 or step == cfg.n_iters
+            if saving or step % cfg.snapshot_freq_for_preemption == 0 or preemption.requested:
+                losses_since_check.check()  # A NaN is reported at its step, before any save.
+            if saving:
                 ckpts.save(step, state, extra, snapshot=True)
                 if sample_fn is not None:
                     images, _ = generate(
