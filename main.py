@@ -28,6 +28,14 @@ flags.DEFINE_enum(
     "mode", None, ["train", "sample", "eval", "fid_stats", "train_classifier"], "What to do."
 )
 flags.DEFINE_integer("step", None, "Checkpoint step for --mode=sample (default: the newest).")
+flags.DEFINE_integer(
+    "num_processes",
+    1,
+    "Run as this many cooperating processes on this machine (or, with "
+    "--process_id and --coordinator, the number of processes of a run launched by hand).",
+)
+flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+flags.DEFINE_string("coordinator", None, "HOST:PORT of process 0's coordinator (multi-process).")
 flags.mark_flags_as_required(["config", "mode"])
 
 
@@ -50,6 +58,13 @@ def main(argv):
 def run(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.num_processes < 1:
+        raise app.UsageError(f"--num_processes must be >= 1; got {FLAGS.num_processes}")
+    if FLAGS.num_processes > 1 and FLAGS.process_id is None:
+        from sde_jax.programs.launch import launch  # Starts no JAX: it only runs the others.
+
+        status = launch(sys.argv, FLAGS.num_processes)
+        sys.exit(status if status >= 0 else 128 - status)
     if FLAGS.mode != "fid_stats" and not FLAGS.workdir:
         raise app.UsageError(f"--workdir is required for --mode={FLAGS.mode}")
     if not FLAGS["verbosity"].present:
@@ -60,14 +75,20 @@ def run(argv):
     # hence the imports here.
     host_malloc.apply_policy(FLAGS.config.get("host_malloc", "auto"))
     from sde_jax.programs.classifier import run_train_classifier_mode
-    from sde_jax.programs.distributed import initialize_if_launched
+    from sde_jax.programs.distributed import check_same_run, initialize
     from sde_jax.programs.evaluate import run_eval_mode
     from sde_jax.programs.experiment import Experiment
     from sde_jax.programs.quality import run_fid_stats_mode
     from sde_jax.programs.sample import run_sample_mode
     from sde_jax.programs.train import run_train_mode
 
-    initialize_if_launched()
+    initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+    check_same_run(
+        mode=FLAGS.mode,
+        config=FLAGS.config.to_dict(),
+        workdir=os.path.abspath(FLAGS.workdir or ""),
+        step=FLAGS.step,
+    )
     if FLAGS.mode == "train_classifier":
         run_train_classifier_mode(FLAGS.config, FLAGS.workdir)
         return

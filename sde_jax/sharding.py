@@ -48,3 +48,9 @@ def check_batch_size(batch_size: int, mesh: Mesh, name: str) -> None:
 def global_batch(local: np.ndarray, mesh: Mesh, spec: PartitionSpec) -> Array:
     """Assembles the global array from this process's part (its rows of the sharded axis)."""
     return jax.make_array_from_process_local_data(NamedSharding(mesh, spec), local)
+
+
+def global_rows(rows: np.ndarray, mesh: Mesh) -> Array:
+    """``rows`` ``[B, ...]``, the same host array on every process, as a global array split along
+    its first axis over ``mesh`` (each process transfers only its devices' rows)."""
+    return jax.make_array_from_callback(rows.shape, batch_sharded(mesh), lambda index: rows[index])

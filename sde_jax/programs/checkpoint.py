@@ -236,7 +236,7 @@ class Checkpoints:
             except CheckpointDamaged as e:
                 damaged.append(str(e))
                 logging.warning("checkpoint of step %d is damaged (%s); trying an older one", s, e)
-                if self.writable and jax.process_index() == 0:
+                if self.writable and jax.process_count() == 1:
                     self._set_aside(kind, s)
                 continue
             if damaged:

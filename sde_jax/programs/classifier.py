@@ -112,6 +112,13 @@ def run_train_classifier_mode(config: Any, workdir: str) -> dict[str, float]:
     """``--mode=train_classifier``: trains (or resumes) the classifier of ``config`` in
     ``workdir``; returns the held-out accuracy at a few noise levels, also written to
     ``<workdir>/eval.json``."""
+    if jax.process_count() > 1:
+        # Its step is a plain jit over this process's rows: several processes would train
+        # separate classifiers.
+        raise NotImplementedError(
+            "--mode=train_classifier runs in a single process (with any number of devices); "
+            "drop --num_processes"
+        )
     exp, cfg = split_config(config)
     info = data_lib.dataset_info(exp.data)
     if info.num_classes < 2:

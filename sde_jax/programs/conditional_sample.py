@@ -49,7 +49,13 @@ from sde_jax.programs.sampler import (
     sample_round,
     write_settings,
 )
-from sde_jax.sharding import batch_sharded, check_batch_size, make_mesh, replicated
+from sde_jax.sharding import (
+    batch_sharded,
+    check_batch_size,
+    global_rows,
+    make_mesh,
+    replicated,
+)
 
 MASKS = ("lower_half", "upper_half", "left_half", "right_half", "center")
 SPLITS = ("train", "eval")
@@ -213,7 +219,8 @@ def _in_rounds(fn, params, key, rows: np.ndarray, batch_size: int) -> tuple[np.n
         out_shardings=(batch_sharded(mesh), replicated(mesh)),
     )
     outs = [
-        sample_round(jitted, params, key, r, rows[r * size : (r + 1) * size]) for r in range(rounds)
+        sample_round(jitted, params, key, r, global_rows(rows[r * size : (r + 1) * size], mesh))
+        for r in range(rounds)
     ]
     return np.concatenate([x for x, _ in outs])[:n], outs[-1][1]
 

@@ -1,16 +1,31 @@
-"""Joining a multi-process run: several processes, one logical run over all their devices."""
+"""Joining a multi-process run: several processes, one logical run over all their devices.
+
+A process joins when launched with ``--process_id`` and ``--coordinator`` (by ``main.py
+--num_processes=N``, :mod:`sde_jax.programs.launch`, or by hand on each host), or when its
+environment says it is one of several (SLURM with more than one task, a multi-host TPU slice,
+``JAX_COORDINATOR_ADDRESS``), in which case ``jax.distributed.initialize()`` reads the rest from
+there. CPU processes exchange collectives over gloo.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+from typing import Any
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+# A process that has not joined by then is missing: the others stop instead of waiting forever.
+JOIN_TIMEOUT_SECONDS = 120
+# A peer silent for this long is dead: the runtime stops the others.
+HEARTBEAT_TIMEOUT_SECONDS = 30
 
 
 def launched_as_multi_process() -> bool:
-    """True when launched as one of several processes: an explicit coordinator, a SLURM job with
-    more than one task, or a multi-host TPU slice. ``jax.distributed.initialize()`` then reads the
-    addresses and process ids from that environment."""
+    """True when the environment says this is one of several processes (see the module docstring)."""
     env = os.environ
     return (
         "JAX_COORDINATOR_ADDRESS" in env
@@ -19,7 +34,67 @@ def launched_as_multi_process() -> bool:
     )
 
 
-def initialize_if_launched() -> None:
-    """Connects this process to the others of its run when it was launched as one of several."""
-    if launched_as_multi_process():
-        jax.distributed.initialize()
+def initialize(
+    coordinator: str | None = None, num_processes: int = 1, process_id: int | None = None
+) -> None:
+    """Joins this process to its run: explicitly with ``coordinator``, ``num_processes`` and
+    ``process_id``, or from the environment when :func:`launched_as_multi_process`; otherwise
+    nothing (one process)."""
+    explicit = process_id is not None
+    if not explicit and not launched_as_multi_process():
+        return
+    if explicit and not (coordinator and 0 <= process_id < num_processes):
+        raise ValueError(
+            f"--process_id={process_id} needs --coordinator=HOST:PORT and --num_processes > "
+            f"process_id (got {coordinator!r}, {num_processes})"
+        )
+    # Before the CPU backend exists; other backends ignore it.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    kwargs: dict[str, Any] = dict(
+        initialization_timeout=JOIN_TIMEOUT_SECONDS,
+        heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_SECONDS,
+    )
+    if explicit:
+        kwargs.update(
+            coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
+        )
+    try:
+        jax.distributed.initialize(**kwargs)
+    except Exception as e:  # The runtime's errors are long and name no flag.
+        raise OSError(
+            f"process {process_id} could not join the run at {coordinator or 'the environment'}'s "
+            f"coordinator within {JOIN_TIMEOUT_SECONDS} s (are all {num_processes} processes "
+            f"started, with the same --coordinator?): {' '.join(str(e).split())[:300]}"
+        ) from e
+
+
+def check_same_run(**what: Any) -> None:
+    """Raises ``ValueError`` naming the fields on which this process's launch differs from
+    process 0's (config, workdir, mode...); nothing with one process."""
+    if jax.process_count() == 1:
+        return
+    digests = {
+        k: hashlib.sha256(json.dumps(v, sort_keys=True, default=str).encode()).digest()
+        for k, v in what.items()
+    }
+    mine = np.frombuffer(b"".join(digests[k][:8] for k in sorted(digests)), np.uint8)
+    first = multihost_utils.broadcast_one_to_all(mine)
+    differ = [
+        k
+        for i, k in enumerate(sorted(digests))
+        if not np.array_equal(mine[8 * i : 8 * i + 8], np.asarray(first)[8 * i : 8 * i + 8])
+    ]
+    agree = multihost_utils.process_allgather(np.asarray([len(differ)]))
+    if differ or int(np.max(agree)):
+        raise ValueError(
+            f"process {jax.process_index()} was launched with another "
+            f"{', '.join(differ) or 'setting (on another process)'} than process 0: every process "
+            "of a run needs the same --mode, --config (and overrides) and --workdir"
+        )
+
+
+def any_process(flag: bool) -> bool:
+    """Whether ``flag`` is true on any process (every process gets the same answer)."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(np.max(multihost_utils.process_allgather(np.asarray([int(flag)]))))

@@ -192,7 +192,11 @@ def evaluate_step(
                 k_deq, k_probe = jax.random.split(
                     jax.random.fold_in(jax.random.fold_in(key, repeat), i)
                 )
-                noise = np.asarray(jax.random.uniform(k_deq, images.shape))
+                # Drawn at the global batch's shape, so that every process count dequantizes
+                # each example alike; this process reads its block of rows.
+                rows = images.shape[0]
+                noise = jax.random.uniform(k_deq, (rows * jax.process_count(), *images.shape[1:]))
+                noise = np.asarray(noise[jax.process_index() * rows :][:rows])
                 u01 = (np.round(images * 255.0) + noise) / 256.0
                 bpd, _ = bpd_fn(params, global_batch(u01.astype(np.float32), mesh, spec), k_probe)
                 real = np.asarray(multihost_utils.process_allgather(bpd, tiled=True))[mask]

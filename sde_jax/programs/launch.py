@@ -48,24 +48,28 @@ def launch(argv: list[str], num_processes: int) -> int:
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        status, failed_at = 0, None
-        while any(p.poll() is None for p in procs):
-            for i, p in enumerate(procs):
-                if p.returncode not in (None, 0) and status == 0:
-                    status, failed_at = p.returncode, time.monotonic()
+        failed, failed_at = None, None
+        while True:
+            running = [p.poll() is None for p in procs]
+            if failed is None:
+                failed = next(
+                    (i for i, p in enumerate(procs) if p.returncode not in (None, 0)), None
+                )
+                if failed is not None:
+                    failed_at = time.monotonic()
                     print(
-                        f"process {i} of {num_processes} exited with status {p.returncode}; "
-                        f"stopping the others within {GRACE_SECONDS:g} s",
+                        f"process {failed} of {num_processes} exited with status "
+                        f"{procs[failed].returncode}; stopping the others within "
+                        f"{GRACE_SECONDS:g} s",
                         file=sys.stderr,
                         flush=True,
                     )
+            if not any(running):
+                break
             if failed_at is not None and time.monotonic() - failed_at > GRACE_SECONDS:
                 _stop(procs)
             time.sleep(0.1)
-        for p in procs:
-            if p.returncode != 0 and status == 0:
-                status = p.returncode
-        return status
+        return 0 if failed is None else procs[failed].returncode
     finally:
         _stop(procs)
         for s, handler in previous.items():

@@ -16,6 +16,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from sde_jax.data import inverse_scaler
@@ -103,7 +104,8 @@ def sample_round(fn: Callable, params: Any, key: Array, r: int, *args) -> tuple[
     is not finite.
     """
     x, nfe = fn(params, jax.random.fold_in(key, r), *args)
-    x = np.asarray(jax.device_get(x))
+    # Every process gets the whole round (each holds only its rows of the batch).
+    x = np.asarray(multihost_utils.process_allgather(x, tiled=True))
     bad = int(x.size - np.count_nonzero(np.isfinite(x)))
     if bad:
         raise FloatingPointError(f"sampling round {r}: {bad} non-finite values in the samples")

@@ -14,6 +14,8 @@ import struct
 import sys
 import time
 
+import jax
+
 # --------------------------------------------------------------------------------------------
 # CRC-32C (Castagnoli), as TFRecord framing requires.
 
@@ -197,6 +199,8 @@ class Progress:
         self._last = -math.inf
 
     def update(self, step: int, extra: str = "", force: bool = False) -> None:
+        if jax.process_index() != 0:
+            return
         now = time.perf_counter()
         if not force and now - self._last < self.every:
             return

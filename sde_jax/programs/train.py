@@ -17,6 +17,7 @@ from jax.sharding import PartitionSpec
 
 from sde_jax import data as data_lib
 from sde_jax.programs.checkpoint import Checkpoints, abstract_state
+from sde_jax.programs.distributed import any_process
 from sde_jax.programs.experiment import Experiment
 from sde_jax.programs.images import save_grid
 from sde_jax.programs.sampler import experiment_sample_fn, generate
@@ -154,7 +155,8 @@ def run_train_mode(exp: Experiment, workdir: str) -> TrainState:
                 writer.scalars(step, {"eval/loss": eval_loss})
             extra = {"data": train_iter.get_state()}  # A small JSON dict.
             saving = step % cfg.snapshot_freq == 0 or step == cfg.n_iters
-            if saving or step % cfg.snapshot_freq_for_preemption == 0 or preemption.requested:
+            stop = any_process(preemption.requested)
+            if saving or step % cfg.snapshot_freq_for_preemption == 0 or stop:
                 losses_since_check.check()  # A NaN is reported at its step, before any save.
             if saving:
                 ckpts.save(step, state, extra, snapshot=True)
@@ -169,9 +171,9 @@ def run_train_mode(exp: Experiment, workdir: str) -> TrainState:
                     if is_main:
                         os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
                         save_grid(os.path.join(workdir, "samples", f"step_{step}.png"), images)
-            elif step % cfg.snapshot_freq_for_preemption == 0 or preemption.requested:
+            elif step % cfg.snapshot_freq_for_preemption == 0 or stop:
                 ckpts.save(step, state, extra, snapshot=False)
-            if preemption.requested:
+            if stop:
                 print(f"SIGTERM: saved step {step}; exiting", flush=True)
                 break
     finally:
