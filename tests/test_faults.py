@@ -129,7 +129,16 @@ def _largest_data_file(directory):
     return max(files, key=os.path.getsize)
 
 
-@pytest.mark.parametrize("how", ["random_bytes", "truncated", "zeroed", "deleted"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "random_bytes",
+        "truncated",
+        # Each variant retrains two steps; these two run with the slow tests.
+        pytest.param("zeroed", marks=pytest.mark.slow),
+        pytest.param("deleted", marks=pytest.mark.slow),
+    ],
+)
 def test_a_damaged_checkpoint_is_passed_over_for_the_newest_intact_one(
     tmp_path, data_dir, trained, how, caplog
 ):

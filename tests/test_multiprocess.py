@@ -102,6 +102,7 @@ def _losses(workdir):
     return [v for _, v in sorted(scalars.items())]
 
 
+@pytest.mark.slow  # Three cold two-process launches: about 3 minutes of CI.
 def test_two_processes_train_and_resume_to_the_parameters_of_one(runs, data_dir):
     """Float32 round-off only: the gradient's all-reduce over 2 devices sums in another order
     than 1 device does (the same holds for 2 devices in 1 process)."""
@@ -116,6 +117,7 @@ def test_two_processes_train_and_resume_to_the_parameters_of_one(runs, data_dir)
     assert len(glob.glob(os.path.join(two, "tensorboard", "events*"))) == 2  # One per launch.
 
 
+@pytest.mark.slow  # Four launches; the default run keeps training with resume.
 def test_two_processes_sample_and_evaluate_like_one(runs, data_dir, tmp_path):
     one, _ = runs
     single, double = str(tmp_path / "single"), str(tmp_path / "double")
