@@ -36,6 +36,11 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 flags.DEFINE_string("coordinator", None, "HOST:PORT of process 0's coordinator (multi-process).")
+flags.DEFINE_integer(
+    "join_timeout",
+    120,
+    "Seconds a multi-process run waits for all its processes to join before it stops.",
+)
 flags.mark_flags_as_required(["config", "mode"])
 
 
@@ -60,6 +65,8 @@ def run(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.num_processes < 1:
         raise app.UsageError(f"--num_processes must be >= 1; got {FLAGS.num_processes}")
+    if FLAGS.join_timeout < 1:
+        raise app.UsageError(f"--join_timeout must be >= 1 second; got {FLAGS.join_timeout}")
     if FLAGS.num_processes > 1 and FLAGS.process_id is None:
         from sde_jax.programs.launch import launch  # Starts no JAX: it only runs the others.
 
@@ -82,7 +89,7 @@ def run(argv):
     from sde_jax.programs.sample import run_sample_mode
     from sde_jax.programs.train import run_train_mode
 
-    initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+    initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id, FLAGS.join_timeout)
     check_same_run(
         mode=FLAGS.mode,
         config=FLAGS.config.to_dict(),

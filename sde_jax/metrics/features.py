@@ -18,10 +18,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from sde_jax.metrics.inception import FEATURE_LAYERS, INPUT_SIZE, InceptionV3
-from sde_jax.sharding import batch_sharded, replicated
+from sde_jax.sharding import batch_sharded, global_rows, replicated
 
 Array = jax.Array
 
@@ -113,7 +114,9 @@ class FeatureExtractor:
         layers: the outputs to return, a subset of :data:`~sde_jax.metrics.inception.FEATURE_LAYERS`.
 
     Calling it on uint8 ``[N, H, W, C]`` images returns ``{layer: float32 [N, dim]}``. The network
-    is compiled once (its input is always 299x299); the resizing once per input image shape.
+    is compiled once (its input is always 299x299); the resizing once per input image shape. When
+    ``mesh`` spans several processes, every process passes the same images and gets every
+    image's features: each transfers and computes only its devices' rows.
     """
 
     def __init__(
@@ -172,8 +175,11 @@ class FeatureExtractor:
             if real < bs:
                 pad = np.zeros((bs - real, *chunk.shape[1:]), np.uint8)
                 chunk = np.concatenate([chunk, pad])
-            x = self._prep(jax.device_put(chunk, self._batch))
-            out = self._net(self._params, x)
+            if self.mesh is None:
+                out = self._net(self._params, self._prep(jax.device_put(chunk)))
+            else:
+                out = self._net(self._params, self._prep(global_rows(chunk, self.mesh)))
+                out = multihost_utils.process_allgather(out, tiled=True)
             for k in self.layers:
                 chunks[k].append(np.asarray(out[k])[:real])
         return {k: np.concatenate(v) for k, v in chunks.items()}

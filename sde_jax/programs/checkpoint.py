@@ -40,7 +40,7 @@ from jax.sharding import Mesh
 
 from sde_jax.metrics.weights import file_sha256
 from sde_jax.programs.experiment import Experiment
-from sde_jax.programs.workdir import check_signature, write_signature
+from sde_jax.programs.workdir import check_signature, write_json, write_signature
 from sde_jax.sharding import replicated
 from sde_jax.training import TrainState, init_state
 
@@ -89,11 +89,7 @@ def _file_digests(directory: str) -> dict[str, str]:
 
 def _write_checksums(directory: str) -> None:
     path = os.path.join(directory, CHECKSUMS)
-    digests = _file_digests(directory)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(digests, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    write_json(path, _file_digests(directory), sort_keys=True)
 
 
 def verify_checksums(directory: str) -> bool:
@@ -257,6 +253,12 @@ def abstract_state(exp: Experiment, model: nn.Module, mesh: Mesh) -> TrainState:
     shapes = jax.eval_shape(
         lambda k: init_state(k, model, optimizer, exp.image_shape), jax.random.key(0)
     )
+    return replicated_like(shapes, mesh)
+
+
+def replicated_like(shapes: Any, mesh: Mesh) -> Any:
+    """``shapes`` (a pytree of ``jax.ShapeDtypeStruct``) replicated over ``mesh``: the target that
+    restores a checkpoint onto every device of every process."""
     sharding = replicated(mesh)
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 

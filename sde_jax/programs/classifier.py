@@ -13,12 +13,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import PartitionSpec
 
 from sde_jax import data as data_lib
 from sde_jax.models.classifier import (
@@ -26,11 +28,19 @@ from sde_jax.models.classifier import (
     classifier_inputs,
     make_classifier_log_prob,
 )
-from sde_jax.programs.checkpoint import Checkpoints
+from sde_jax.programs.checkpoint import Checkpoints, replicated_like
 from sde_jax.programs.config import OptimConfig, as_dict, from_section
 from sde_jax.programs.experiment import Experiment
 from sde_jax.programs.summary import Progress
+from sde_jax.programs.workdir import write_json
 from sde_jax.sde import batch_broadcast
+from sde_jax.sharding import (
+    batch_sharded,
+    check_batch_size,
+    global_batch,
+    make_mesh,
+    replicated,
+)
 from sde_jax.training import TrainState
 
 RECORD = "classifier.json"
@@ -112,14 +122,9 @@ def run_train_classifier_mode(config: Any, workdir: str) -> dict[str, float]:
     """``--mode=train_classifier``: trains (or resumes) the classifier of ``config`` in
     ``workdir``; returns the held-out accuracy at a few noise levels, also written to
     ``<workdir>/eval.json``."""
-    if jax.process_count() > 1:
-        # Its step is a plain jit over this process's rows: several processes would train
-        # separate classifiers.
-        raise NotImplementedError(
-            "--mode=train_classifier runs in a single process (with any number of devices); "
-            "drop --num_processes"
-        )
     exp, cfg = split_config(config)
+    mesh = make_mesh()
+    check_batch_size(cfg.batch_size, mesh, "config.classifier.batch_size")
     info = data_lib.dataset_info(exp.data)
     if info.num_classes < 2:
         raise ValueError(
@@ -134,10 +139,9 @@ def run_train_classifier_mode(config: Any, workdir: str) -> dict[str, float]:
                 raise ValueError(
                     f"workdir {workdir!r} holds a different classifier or SDE; use a new --workdir"
                 )
-    else:
+    elif jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(record, f, indent=1, sort_keys=True)
+        write_json(path, record, sort_keys=True)
 
     sde = exp.sde.build()
     m_s = sde.marginal_coefs
@@ -160,7 +164,16 @@ def run_train_classifier_mode(config: Any, workdir: str) -> dict[str, float]:
         z = jax.random.normal(k_z, images.shape)
         return batch_broadcast(m, images) * images + batch_broadcast(s, images) * z, t
 
-    @jax.jit
+    rep, rows = replicated(mesh), batch_sharded(mesh)
+
+    # Over the global batch, split across every device of every process: the noise is drawn at
+    # the global batch's shape, so any device count trains the same classifier.
+    @partial(
+        jax.jit,
+        in_shardings=(rep, rows, rows, rep),
+        out_shardings=(rep, rep),
+        donate_argnums=0,
+    )
     def step_fn(state, images, labels, key):
         k = jax.random.fold_in(key, state.step)
         k_p, k_d = jax.random.split(k)
@@ -175,12 +188,13 @@ def run_train_classifier_mode(config: Any, workdir: str) -> dict[str, float]:
         return TrainState(state.step + 1, params, params, opt_state), loss
 
     ckpts = Checkpoints(workdir)
-    target = jax.eval_shape(init, init_key)
+    target = replicated_like(jax.eval_shape(init, init_key), mesh)
     if ckpts.latest_step() is not None:
         state, _ = ckpts.restore(target)
-        print(f"resumed from step {int(state.step)} in {workdir}")
+        if jax.process_index() == 0:
+            print(f"resumed from step {int(state.step)} in {workdir}")
     else:
-        state = jax.jit(init)(init_key)
+        state = jax.jit(init, out_shardings=rep)(init_key)
     train_iter = data_lib.make_dataset(
         exp.data, "train", shuffle=True, repeat=True, seed=exp.seed, batch_size=cfg.batch_size
     )
@@ -189,8 +203,8 @@ def run_train_classifier_mode(config: Any, workdir: str) -> dict[str, float]:
     try:
         while step < cfg.n_iters:
             batch = next(train_iter)
-            images = jnp.asarray(scaler(batch["image"]))
-            state, loss = step_fn(state, images, jnp.asarray(batch["label"]), train_key)
+            images, labels = _global(scaler(batch["image"]), batch["label"], mesh)
+            state, loss = step_fn(state, images, labels, train_key)
             step += 1
             if step % cfg.log_freq == 0:
                 loss = float(loss)
@@ -208,8 +222,9 @@ def run_train_classifier_mode(config: Any, workdir: str) -> dict[str, float]:
         exp.data, "eval", shuffle=True, repeat=True, seed=exp.seed, batch_size=cfg.batch_size
     )
 
-    @jax.jit
-    def accuracy_at(params, images, labels, t, key):
+    @partial(jax.jit, in_shardings=(rep, rows, rows, rep, rep), out_shardings=rep)
+    def accuracy_at(params, images, labels, t_value, key):
+        t = jnp.full((images.shape[0],), t_value)
         x_t = batch_broadcast(m_s(t)[0], images) * images + batch_broadcast(m_s(t)[1], images) * (
             jax.random.normal(key, images.shape)
         )
@@ -223,16 +238,22 @@ def run_train_classifier_mode(config: Any, workdir: str) -> dict[str, float]:
     for t_value in (0.01, 0.25, 0.5, 0.75):
         accs = []
         for i, batch in enumerate(batches):
-            images = jnp.asarray(scaler(batch["image"]))
-            t = jnp.full((images.shape[0],), t_value)
+            images, labels = _global(scaler(batch["image"]), batch["label"], mesh)
             key = jax.random.fold_in(eval_key, i)
-            labels = jnp.asarray(batch["label"])
-            accs.append(float(accuracy_at(state.params, images, labels, t, key)))
+            accs.append(float(accuracy_at(state.params, images, labels, t_value, key)))
         results[f"accuracy_t{t_value:g}"] = float(np.mean(accs))
-    with open(os.path.join(workdir, "eval.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    if jax.process_index() == 0:
+        write_json(os.path.join(workdir, "eval.json"), results)
     progress.update(step, "done " + " ".join(f"{k} {v:.3f}" for k, v in results.items()), True)
     return results
+
+
+def _global(images: np.ndarray, labels: np.ndarray, mesh) -> tuple[jax.Array, jax.Array]:
+    """This process's rows of a labelled batch as the global arrays."""
+    spec = PartitionSpec("data")
+    return global_batch(np.asarray(images), mesh, spec), global_batch(
+        np.asarray(labels), mesh, spec
+    )
 
 
 def load_classifier(workdir: str, exp: Experiment):
@@ -272,7 +293,7 @@ def load_classifier(workdir: str, exp: Experiment):
     ckpts = Checkpoints(workdir, writable=False)
     if ckpts.latest_step() is None:
         raise FileNotFoundError(f"no classifier checkpoint in {workdir!r}")
-    state, _ = ckpts.restore(jax.eval_shape(init, jax.random.key(0)))
+    state, _ = ckpts.restore(replicated_like(jax.eval_shape(init, jax.random.key(0)), make_mesh()))
     ckpts.close()
     params = state.params
     return (lambda x, t, labels: log_prob(params, x, t, labels)), record["num_classes"]

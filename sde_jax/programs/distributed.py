@@ -12,13 +12,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
+import threading
 from typing import Any
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-# A process that has not joined by then is missing: the others stop instead of waiting forever.
+# A process that has not joined by then is missing: the others stop instead of waiting forever
+# (main.py's --join_timeout).
 JOIN_TIMEOUT_SECONDS = 120
 # A peer silent for this long is dead: the runtime stops the others.
 HEARTBEAT_TIMEOUT_SECONDS = 30
@@ -35,11 +38,15 @@ def launched_as_multi_process() -> bool:
 
 
 def initialize(
-    coordinator: str | None = None, num_processes: int = 1, process_id: int | None = None
+    coordinator: str | None = None,
+    num_processes: int = 1,
+    process_id: int | None = None,
+    join_timeout: int = JOIN_TIMEOUT_SECONDS,
 ) -> None:
     """Joins this process to its run: explicitly with ``coordinator``, ``num_processes`` and
     ``process_id``, or from the environment when :func:`launched_as_multi_process`; otherwise
-    nothing (one process)."""
+    nothing (one process). Raises ``OSError`` if the run's processes have not all joined within
+    ``join_timeout`` seconds."""
     explicit = process_id is not None
     if not explicit and not launched_as_multi_process():
         return
@@ -51,21 +58,38 @@ def initialize(
     # Before the CPU backend exists; other backends ignore it.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     kwargs: dict[str, Any] = dict(
-        initialization_timeout=JOIN_TIMEOUT_SECONDS,
+        # The runtime's own deadline comes later than ours (see below).
+        initialization_timeout=join_timeout + 60,
         heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_SECONDS,
     )
     if explicit:
         kwargs.update(
             coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
         )
-    try:
-        jax.distributed.initialize(**kwargs)
-    except Exception as e:  # The runtime's errors are long and name no flag.
-        raise OSError(
-            f"process {process_id} could not join the run at {coordinator or 'the environment'}'s "
-            f"coordinator within {JOIN_TIMEOUT_SECONDS} s (are all {num_processes} processes "
-            f"started, with the same --coordinator?): {' '.join(str(e).split())[:300]}"
-        ) from e
+    where = coordinator or "the environment's coordinator"
+    message = (
+        f"process {process_id} could not join the run at {where} within {join_timeout} s (are "
+        f"all {num_processes} processes started, with the same --coordinator?)"
+    )
+    failures: list[BaseException] = []
+
+    def join():
+        try:
+            jax.distributed.initialize(**kwargs)
+        except Exception as e:
+            failures.append(e)
+
+    joining = threading.Thread(target=join, name="join", daemon=True)
+    joining.start()
+    joining.join(join_timeout)
+    if joining.is_alive():
+        # At its deadline the runtime aborts the process from one of its threads, with a log
+        # line that names no flag and no missing process: this process ends first, with one.
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        os._exit(1)
+    if failures:  # The runtime's errors are long and name no flag.
+        detail = " ".join(str(failures[0]).split())[:300]
+        raise OSError(f"{message}: {detail}") from failures[0]
 
 
 def check_same_run(**what: Any) -> None:

@@ -35,7 +35,7 @@ from sde_jax.programs.checkpoint import Checkpoints, abstract_state
 from sde_jax.programs.experiment import Experiment
 from sde_jax.programs.quality import SampleEvaluator
 from sde_jax.programs.summary import SummaryWriter
-from sde_jax.programs.workdir import check_signature
+from sde_jax.programs.workdir import check_signature, write_json
 from sde_jax.sharding import (
     batch_sharded,
     check_batch_size,
@@ -51,10 +51,7 @@ Array = jax.Array
 def _atomic_json(path: str, obj: Any) -> None:
     if jax.process_index() != 0:
         return
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    write_json(path, obj)
 
 
 def _eval_batches(exp: Experiment) -> Iterator[tuple[np.ndarray, np.ndarray]]:

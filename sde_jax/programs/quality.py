@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from sde_jax import data as data_lib
@@ -36,10 +37,12 @@ from sde_jax.metrics.scores import (
     save_stats,
 )
 from sde_jax.metrics.weights import InceptionWeights, cache_dir, load_inception
+from sde_jax.programs.distributed import any_process
 from sde_jax.programs.experiment import Experiment
 from sde_jax.programs.images import to_uint8_floored
 from sde_jax.programs.sampler import experiment_sample_fn, sample_round
 from sde_jax.programs.summary import Progress
+from sde_jax.programs.workdir import write_json
 from sde_jax.sharding import check_batch_size, make_mesh
 
 # Below this many samples FID is strongly biased upwards; the paper uses 50,000.
@@ -66,9 +69,27 @@ def stats_path(exp) -> str:
     return os.path.expanduser(exp.eval.fid_stats) if exp.eval.fid_stats else default_stats_path(exp)
 
 
-def _single_process(what: str) -> None:
-    if jax.process_count() > 1:
-        raise NotImplementedError(f"{what} runs in a single process (with any number of devices)")
+def _gather(local: np.ndarray) -> np.ndarray:
+    """The global batch from every process's rows (in process order)."""
+    return np.asarray(multihost_utils.process_allgather(local, tiled=True))
+
+
+def _load_weights(exp) -> InceptionWeights:
+    """The Inception weights, fetched and converted into the cache by process 0 alone; the others
+    read them once it has (they share the cache, as they share the workdir)."""
+    if jax.process_count() == 1:
+        return load_inception(exp.eval.inception_weights)
+    weights, error = None, None
+    if jax.process_index() == 0:
+        try:
+            weights = load_inception(exp.eval.inception_weights)
+        except Exception as e:  # Re-raised below, after telling the other processes.
+            error = e
+    if any_process(error is not None):
+        raise error or RuntimeError(
+            "process 0 could not load the Inception weights (its error says why)"
+        )
+    return weights or load_inception(exp.eval.inception_weights)
 
 
 def _extractor(exp, weights: InceptionWeights, mesh: Mesh, layers) -> FeatureExtractor:
@@ -81,9 +102,8 @@ def _extractor(exp, weights: InceptionWeights, mesh: Mesh, layers) -> FeatureExt
 def run_fid_stats_mode(exp: Experiment, path: str | None = None) -> str:
     """``--mode=fid_stats``: pool_3 statistics of the training split, written to ``path`` (default
     :func:`stats_path`); returns the path."""
-    _single_process("--mode=fid_stats")
     path = path or stats_path(exp)
-    weights = load_inception(exp.eval.inception_weights)
+    weights = _load_weights(exp)
     extractor = _extractor(exp, weights, make_mesh(), ("2048",))
     data_cfg = dataclasses.replace(exp.data, random_flip=False)
     batches = data_lib.make_dataset(
@@ -98,9 +118,11 @@ def run_fid_stats_mode(exp: Experiment, path: str | None = None) -> str:
     progress = Progress(data_lib.dataset_info(data_cfg).num_examples["train"])
     features, count = [], 0
     for batch in batches:
-        images = np.asarray(batch["image"], np.float32)
+        # Each process reads its rows of the global batch; every process extracts the features of
+        # the whole batch, in the data set's order.
+        images = _gather(np.asarray(batch["image"], np.float32))
         if "mask" in batch:
-            images = images[np.asarray(batch["mask"], bool)]
+            images = images[_gather(np.asarray(batch["mask"], bool))]
         # The data are 8-bit images scaled by 1/255: rounding recovers them exactly.
         features.append(extractor(np.round(images * 255.0).astype(np.uint8))["2048"])
         count += len(images)
@@ -114,9 +136,28 @@ def run_fid_stats_mode(exp: Experiment, path: str | None = None) -> str:
         split="train",
         weights_source=weights.source,
     )
-    save_stats(path, stats)
-    print(f"wrote statistics of {stats.num_examples} images to {path}")
+    if jax.process_index() == 0:
+        save_stats(path, stats)
+        print(f"wrote statistics of {stats.num_examples} images to {path}")
     return path
+
+
+_KEPT = ("pool_3", "logits_unbiased", "nfe", "clipped_fraction")
+
+
+def _agreed_existing(paths: list[str], directory: str) -> list[bool]:
+    """Which of ``paths`` exist, as every process sees it: processes that disagree (a workdir
+    that is not one shared folder) would sample different rounds and wait on each other."""
+    exist = [os.path.exists(p) for p in paths]
+    if jax.process_count() > 1:
+        mine = np.asarray(exist, np.int32)
+        first = np.asarray(multihost_utils.broadcast_one_to_all(mine))
+        if any_process(not np.array_equal(mine, first)):
+            raise RuntimeError(
+                f"the processes see different sample rounds in {directory}: --workdir must be "
+                "one folder shared by every process"
+            )
+    return exist
 
 
 class SampleEvaluator:
@@ -127,13 +168,12 @@ class SampleEvaluator:
     """
 
     def __init__(self, exp: Experiment, mesh: Mesh):
-        _single_process("evaluation with config.eval.enable_sampling")
         cfg = exp.eval
         check_batch_size(exp.sampling.batch_size, mesh, "config.sampling.batch_size")
         self.exp, self.mesh = exp, mesh
         self.stats_file = stats_path(exp)
         self.stats = load_stats(self.stats_file)
-        self.weights = load_inception(cfg.inception_weights)
+        self.weights = _load_weights(exp)
         if not self.weights.with_logits:
             raise ValueError(
                 f"the Inception weights {self.weights.source} have no classifier, which the "
@@ -190,7 +230,6 @@ class SampleEvaluator:
         """Samples (resuming from saved rounds) and scores snapshot ``step`` with ``params``."""
         exp, cfg = self.exp, self.exp.eval
         directory = os.path.join(workdir, "eval", f"step_{step}")
-        os.makedirs(directory, exist_ok=True)
         signature_file = os.path.join(directory, "samples.json")
         signature = json.loads(json.dumps(self._signature()))
         if os.path.exists(signature_file):
@@ -201,25 +240,30 @@ class SampleEvaluator:
                     f"the sample rounds in {directory} were made with other settings ({saved}); "
                     f"now: {signature}. Delete that directory to sample again"
                 )
-        else:
-            with open(signature_file, "w") as f:
-                json.dump(signature, f, indent=1)
-
         batch = exp.sampling.batch_size
         rounds = -(-cfg.num_samples // batch)
+        paths = [os.path.join(directory, f"samples_round_{r}.npz") for r in range(rounds)]
+        saved = _agreed_existing(paths, directory)
+        if jax.process_index() == 0:
+            os.makedirs(directory, exist_ok=True)
+            if not os.path.exists(signature_file):
+                write_json(signature_file, signature)
+
         key = jax.random.fold_in(jax.random.fold_in(jax.random.key(exp.seed), step), _SAMPLING_SALT)
         progress = Progress(rounds)
         records = []
-        for r in range(rounds):
-            path = os.path.join(directory, f"samples_round_{r}.npz")
-            if not os.path.exists(path):
+        for r, path in enumerate(paths):
+            if saved[r]:
+                with np.load(path) as f:
+                    record = {k: f[k] for k in _KEPT}
+            else:
+                # Every process samples its rows and gets the whole round; process 0 saves it.
                 record = self._round(params, key, r, step)
-                tmp = f"{path}.tmp.npz"
-                np.savez(tmp, **record)
-                os.replace(tmp, path)
+                if jax.process_index() == 0:
+                    tmp = f"{path}.tmp.npz"
+                    np.savez(tmp, **record)
+                    os.replace(tmp, path)
                 progress.update(r + 1, f"sampling rounds of snapshot {step}")
-            with np.load(path) as f:
-                record = {k: f[k] for k in ("pool_3", "logits_unbiased", "nfe", "clipped_fraction")}
             if record["pool_3"].shape != (batch, 2048):
                 raise ValueError(f"{path} holds {record['pool_3'].shape[0]} samples, not {batch}")
             records.append(record)

@@ -23,6 +23,7 @@ from sde_jax.data import inverse_scaler
 from sde_jax.models import make_score_fn
 from sde_jax.programs.config import SamplingConfig
 from sde_jax.programs.experiment import Experiment
+from sde_jax.programs.workdir import write_json
 from sde_jax.sampling import method_options, sample
 from sde_jax.sde import SDE
 from sde_jax.sharding import batch_sharded, check_batch_size, replicated
@@ -165,7 +166,4 @@ def check_output_dir(out_dir: str, settings: dict[str, Any]) -> None:
 def write_settings(out_dir: str, settings: dict[str, Any]) -> None:
     """Records ``settings`` beside the samples in ``out_dir`` (written last: it marks them
     complete)."""
-    path = os.path.join(out_dir, SETTINGS_RECORD)
-    with open(path + ".tmp", "w") as f:
-        json.dump(settings, f, indent=1, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    write_json(os.path.join(out_dir, SETTINGS_RECORD), settings, sort_keys=True)

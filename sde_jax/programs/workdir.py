@@ -47,13 +47,18 @@ def check_signature(workdir: str, signature: dict[str, Any]) -> None:
         )
 
 
+def write_json(path: str, obj: Any, *, sort_keys: bool = False) -> None:
+    """Writes ``obj`` to ``path`` atomically: a reader sees the old file or the whole new one."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=sort_keys)
+    os.replace(tmp, path)
+
+
 def write_signature(workdir: str, signature: dict[str, Any]) -> None:
     """Records ``signature`` as ``workdir``'s ``run.json`` if it has none (process 0 only)."""
     path = os.path.join(workdir, SIGNATURE)
     if os.path.exists(path) or jax.process_index() != 0:
         return
     os.makedirs(workdir, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(_normalized(signature), f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    write_json(path, _normalized(signature), sort_keys=True)
