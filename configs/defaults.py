@@ -123,6 +123,7 @@ def base_config() -> ml_collections.ConfigDict:
     data.random_flip = True
     data.centered = False
     data.uniform_dequantization = False
+    data.levels = 0  # Levels per channel; 0: the data set's own (17 for the digits, else 256).
     data.data_dir = ""
     data.folder = ""
     data.num_threads = 4

@@ -173,8 +173,12 @@ def test_uniform_dequantization_fills_each_level_bin(data_dir):
     plain = _whole(cfg, "eval")["image"]
     deq = _whole(dataclasses.replace(cfg, uniform_dequantization=True), "eval")["image"]
     assert 0.0 <= deq.min() and deq.max() < 1.0
-    # (x * 255 + u) / 256 with u in [0, 1): the level is the integer part of 256 * value.
-    u = deq * 256.0 - _levels(plain)
+    # The digits are 17-level data (stored as round(k * 255 / 16)): (k + u) / 17 with u in [0, 1),
+    # so the level is the integer part of 17 * value.
+    assert cfg.num_levels == 17
+    k = _levels(plain) * 16.0 / 255.0
+    np.testing.assert_allclose(k, np.round(k), atol=0.04)
+    u = deq * 17.0 - np.round(k)
     assert u.min() >= 0.0 and u.max() < 1.0
     assert abs(u.mean() - 0.5) < 0.01 and abs(u.var() - 1 / 12) < 0.005
     # The argument overrides the config (bits/dim evaluation of a model trained without it).
@@ -478,3 +482,27 @@ def test_from_config_takes_an_ml_collections_section():
     for name, spec in DATASETS.items():  # Every catalogued data set has a valid config.
         size = spec.fixed_size or min(spec.max_size or 64, 64)
         DataConfig(dataset=name, image_size=size, num_channels=spec.channels[-1], folder="x")
+
+
+def test_photo_patches_are_offline_colour_data_with_disjoint_splits(tmp_path):
+    from sde_jax.data import dataset_info, photos
+
+    cfg = DataConfig(
+        dataset="photo_patches", image_size=16, num_channels=3, batch_size=50,
+        data_dir=str(tmp_path),
+    )  # fmt: skip
+    info = dataset_info(cfg)
+    assert info.num_examples == {"train": 1550, "eval": 350} and cfg.num_levels == 256
+    batch = next(iter(make_dataset(cfg, "eval", shuffle=False, repeat=False)))
+    assert batch["image"].shape == (50, 16, 16, 3)
+    np.testing.assert_array_equal(_levels(batch["image"]), photos.patches("test")[:50])
+    # Colour, not gray: the channels differ.
+    assert np.mean(np.abs(np.diff(photos.patches("train").astype(float), axis=-1))) > 5
+    # No patch of one split appears in the other, and nothing was written.
+    train = {p.tobytes() for p in photos.patches("train")}
+    assert not train & {p.tobytes() for p in photos.patches("test")}
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="needs no preparing"):
+        from sde_jax.data.prepare import prepare
+
+        prepare("photo_patches", str(tmp_path))

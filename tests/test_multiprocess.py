@@ -170,6 +170,9 @@ def test_two_processes_sample_and_evaluate_like_one(runs, data_dir, inception, t
     ]
     np.testing.assert_allclose(reports[1]["test_loss"], reports[0]["test_loss"], rtol=1e-6)
     np.testing.assert_allclose(reports[1]["bpd"], reports[0]["bpd"], rtol=1e-3)
+    # The baselines are computed once per data set (process 0) and read by the other process.
+    for name in ("histogram", "gaussian"):
+        assert reports[1][f"bpd_{name}"] == reports[0][f"bpd_{name}"] > 0
     # The FID path: identical statistics of the same 10 images in the data set's order, and
     # identical features of the same samples (no reduction crosses images), hence identical scores.
     stats = [scores.load_stats(os.path.join(w, "stats.npz")) for w in (single, double)]

@@ -81,8 +81,35 @@ def test_tiny_config_trains_samples_and_evaluates(tmp_path, data_dir):
     for entry in report.values():
         assert np.isfinite(entry["test_loss"]) and entry["test_loss"] > 0
         assert len(entry["bpd_per_repeat"]) == 2
-        # Random-ish models on 8-bit data: somewhere between 0 and far above 8 bits/dim.
-        assert 0 < entry["bpd"] < 100
+        # Barely trained models: somewhere between 0 and far above the 17 levels' 4.09 bits/dim.
+        assert 0 < entry["bpd"] < 100 and entry["bpd_stderr"] > 0
+        assert entry["bpd_levels"] == 17 and entry["bpd_trained_dequantized"] is False
+    # The baselines: the per-pixel histogram and Gaussian of the training digits (from
+    # scikit-learn's copy of them), scored on the first 8 held-out digits in the data's order.
+    from sklearn.datasets import load_digits
+
+    from sde_jax.data import DataConfig, make_dataset
+    from sde_jax.data.digits import split_indices
+    from sde_jax.metrics import baselines
+
+    digits = load_digits()
+    train = digits.images[split_indices(digits.target)["train"]].astype(np.int64)
+    stats = baselines.pixel_statistics([train], 17)
+    cfg = DataConfig(dataset="digits", data_dir=data_dir, batch_size=8)
+    first = next(iter(make_dataset(cfg, "eval", shuffle=False, repeat=False)))["image"]
+    held_out = np.round(np.asarray(first)[..., 0] * 16).astype(np.int64)
+    hist = baselines.histogram_bits(stats, held_out)
+    gauss = baselines.gaussian_bits(*baselines.fit_gaussian(stats), held_out, 17)
+    for entry in report.values():
+        np.testing.assert_allclose(entry["bpd_histogram"], hist.mean(), rtol=1e-12)
+        np.testing.assert_allclose(entry["bpd_gaussian"], gauss.mean(), rtol=1e-12)
+        ours = entry["bpd_baselines"]["histogram"]
+        assert ours["model_minus_baseline"] == pytest.approx(entry["bpd"] - hist.mean())
+    assert len(os.listdir(os.path.join(data_dir, "sde_jax_baselines"))) == 1  # Cached once.
+    # A model of 17-level data is not evaluated as 256-level data.
+    refused = _main("eval", workdir, data_dir, "--config.data.levels=256", check=False)
+    assert refused.returncode != 0
+    assert "levels: workdir has 17, config has 256" in refused.stderr
     # Finished evaluations are skipped when eval runs again.
     before = (workdir / "eval" / "step_8.json").stat().st_mtime_ns
     _main("eval", workdir, data_dir)
@@ -107,6 +134,7 @@ print(json.dumps({{"devices": jax.device_count(), "sum": sum(float(l.sum()) for 
 """
 
 
+@pytest.mark.slow  # The default run has 1 against 2 processes (test_multiprocess.py).
 def test_training_is_the_same_on_1_2_and_4_devices(tmp_path, data_dir):
     results = {}
     for n in (1, 2, 4):
@@ -125,6 +153,7 @@ def test_training_is_the_same_on_1_2_and_4_devices(tmp_path, data_dir):
         np.testing.assert_allclose(results[n]["abs"], results[1]["abs"], rtol=1e-5)
 
 
+@pytest.mark.slow  # The default run has repeated kills (test_faults.py).
 def test_killed_run_resumes_to_identical_parameters(tmp_path, data_dir):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     extra = (

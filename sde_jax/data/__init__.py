@@ -19,10 +19,12 @@ API:
   uniform_dequantization=None, process_index=None, process_count=None) -> DataIterator``: this
   process's share of every global batch (``batch_size`` is global; it must divide by the process
   count). ``split`` is ``"train"`` or ``"eval"``. Images are in ``[0, 1]``: scaled ``x / 255``, or
-  uniformly dequantized ``(x * 255 + U[0, 1)) / 256`` (bits/dim); random left-right flips on
+  uniformly dequantized, level ``k`` of ``L = cfg.num_levels`` as ``(k + U[0, 1)) / L`` (the
+  data set's level count: 17 for the digits, 256 for 8-bit images); random left-right flips on
   ``"train"`` when ``cfg.random_flip``. ``DataIterator.get_state()/set_state()`` save and restore
   the position; the stream does not depend on the process count (see ``pipeline``).
-- ``data_scaler(cfg)`` / ``inverse_scaler(cfg)``: pure maps ``[0, 1]`` <-> the model's scale.
+- ``data_scaler(cfg)`` / ``inverse_scaler(cfg)``: pure maps ``[0, 1]`` <-> the model's scale;
+  ``level_indices(x01, levels)``: the level index of undequantized data.
 - ``dataset_info(cfg) -> DatasetInfo(num_examples={"train": n, "eval": m}, image_shape, num_classes)``.
 - ``DATASETS``: the named data sets (``digits``, ``cifar10``, ``celeb_a``, ``lsun/bedroom``,
   ``lsun/church_outdoor``, ``celeb_a_hq``, ``ffhq``, ``folder``); see ``catalog``.
@@ -38,7 +40,7 @@ from sde_jax.data.catalog import DATASETS, DatasetSpec
 from sde_jax.data.config import DataConfig
 from sde_jax.data.pipeline import DataIterator, DatasetInfo, dataset_info, make_dataset
 from sde_jax.data.sources import DatasetNotPreparedError, prepare_command
-from sde_jax.data.transforms import data_scaler, inverse_scaler
+from sde_jax.data.transforms import data_scaler, inverse_scaler, level_indices
 
 __all__ = [
     "DATASETS",
@@ -50,6 +52,7 @@ __all__ = [
     "data_scaler",
     "dataset_info",
     "inverse_scaler",
+    "level_indices",
     "make_dataset",
     "prepare_command",
 ]

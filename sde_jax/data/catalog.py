@@ -1,7 +1,8 @@
 """The data sets the program knows by name: where their images come from and what shape they have.
 
-A data set is either a TFDS data set read from array_record files (``tfds_name``), or a folder of
-the user's own images (``tfds_name is None``; the folder is ``DataConfig.folder``). The program
+A data set is a TFDS data set read from array_record files (``tfds_name``), a folder of the user's
+own images (``source="folder"``; the folder is ``DataConfig.folder``), or images cut in memory from
+files that ship with a package (``source="photos"``: :mod:`sde_jax.data.photos`). The program
 reads two splits, ``"train"`` and ``"eval"``, mapped onto the data set's own split names as in the
 original code (CelebA and LSUN evaluate on their validation split; CelebA-HQ, FFHQ and image folders
 have one split, used for both).
@@ -21,7 +22,8 @@ class DatasetSpec:
 
     Attributes:
         name: the value of ``data.dataset`` that selects it.
-        tfds_name: the TFDS name (with its config, e.g. ``"lsun/bedroom"``), or ``None`` for a folder.
+        tfds_name: the TFDS name (with its config, e.g. ``"lsun/bedroom"``), or ``None``.
+        source: where the images come from: ``"tfds"``, ``"folder"`` or ``"photos"``.
         splits: our split name (``"train"``/``"eval"``) -> the TFDS split name.
         channels: the allowed values of ``data.num_channels``.
         fixed_size: the only allowed ``data.image_size`` (the stored images are not resized), or
@@ -31,6 +33,9 @@ class DatasetSpec:
             crop 140, then shrink), ``"lsun"`` (the original code's LSUN rule) or ``"crop_resize"``
             (centre square crop, then resize).
         num_classes: the number of class labels, 0 when the examples have none.
+        levels: how many grey levels each channel of the stored data takes (256 for 8-bit images;
+            the digits have 17, stored as ``round(k * 255 / 16)``). Uniform dequantization and
+            bits/dim treat the data as ``levels``-level data (``sde_jax.data.transforms``).
         auto_prepare: whether the data set is prepared on first use (no download, no TensorFlow).
         manual: extra instructions for data sets that TFDS cannot download by itself.
     """
@@ -38,11 +43,13 @@ class DatasetSpec:
     name: str
     tfds_name: str | None
     splits: Mapping[str, str]
+    source: str = "tfds"
     channels: tuple[int, ...] = (3,)
     fixed_size: int | None = None
     max_size: int | None = None
     resize: str = "none"
     num_classes: int = 0
+    levels: int = 256
     auto_prepare: bool = False
     manual: str = ""
 
@@ -67,6 +74,7 @@ DATASETS: dict[str, DatasetSpec] = {
             channels=(1,),
             fixed_size=8,
             num_classes=10,
+            levels=17,
             auto_prepare=True,
         ),
         DatasetSpec(
@@ -115,16 +123,26 @@ DATASETS: dict[str, DatasetSpec] = {
             ),
         ),
         DatasetSpec(
+            "photo_patches",
+            None,
+            {"train": "train", "eval": "test"},
+            source="photos",
+            fixed_size=16,
+        ),
+        DatasetSpec(
             "ffhq",
             None,
             _SINGLE_SPLIT,
+            source="folder",
             resize="crop_resize",
             manual=(
                 "FFHQ is not in TFDS: download the images from https://github.com/NVlabs/ffhq-dataset "
                 "(e.g. the 1024x1024 `images1024x1024` folder) and " + _FOLDER_HELP + "."
             ),
         ),
-        DatasetSpec("folder", None, _SINGLE_SPLIT, channels=(1, 3), resize="crop_resize"),
+        DatasetSpec(
+            "folder", None, _SINGLE_SPLIT, source="folder", channels=(1, 3), resize="crop_resize"
+        ),
     )
 }
 

@@ -25,7 +25,11 @@ class DataConfig:
         num_channels: 1 (grayscale) or 3 (RGB); fixed by the data set except for ``"folder"``.
         centered: whether the model sees images in ``[-1, 1]`` (else ``[0, 1]``); see ``data_scaler``.
         random_flip: whether training batches are randomly flipped left-right (never eval batches).
-        uniform_dequantization: whether pixels are dequantized as ``(x * 255 + U[0, 1)) / 256``.
+        uniform_dequantization: whether training pixels are uniformly dequantized (level ``k`` of
+            ``L`` becomes ``(k + U[0, 1)) / L``; see ``sde_jax.data.transforms.to_unit_interval``).
+        levels: the number of levels per channel of the data, 0 for the data set's own
+            (``DatasetSpec.levels``: 17 for the digits, 256 for 8-bit images); set it for an image
+            folder whose images use fewer levels. Dequantization and bits/dim use it.
         data_dir: the TFDS data directory; ``None`` means ``$TFDS_DATA_DIR`` or
             ``~/tensorflow_datasets``.
         folder: the directory of images for ``dataset="folder"`` (and ``"ffhq"``).
@@ -44,6 +48,7 @@ class DataConfig:
     centered: bool = False
     random_flip: bool = True
     uniform_dequantization: bool = False
+    levels: int = 0
     data_dir: str | None = None
     folder: str | None = None
     batch_size: int = 128
@@ -58,6 +63,11 @@ class DataConfig:
         for name in ("image_size", "batch_size", "num_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"data.{name} must be positive; got {getattr(self, name)}.")
+        if self.levels != 0 and not 2 <= self.levels <= 256:
+            raise ValueError(
+                f"data.levels must be 0 (the data set's own, {spec.levels}) or in [2, 256]; "
+                f"got {self.levels}."
+            )
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0; got {self.num_workers}.")
         if self.num_channels not in spec.channels:
@@ -82,6 +92,11 @@ class DataConfig:
     def spec(self) -> DatasetSpec:
         """The catalog entry of ``dataset``."""
         return get_spec(self.dataset)
+
+    @property
+    def num_levels(self) -> int:
+        """The number of levels per channel: ``levels``, or the data set's own."""
+        return self.levels or self.spec.levels
 
     @property
     def resolved_data_dir(self) -> str:

@@ -56,9 +56,8 @@ def dataset_info(cfg: DataConfig) -> DatasetInfo:
         ValueError: the image folder holds files that cannot be read (the message names them).
     """
     spec = cfg.spec
-    if spec.tfds_name is None:
-        n = len(open_source(cfg, "train"))
-        num_examples = dict.fromkeys(spec.splits, n)
+    if spec.source != "tfds":
+        num_examples = {split: len(open_source(cfg, split)) for split in spec.splits}
     else:
         splits = tfds_builder(cfg).info.splits
         num_examples = {ours: splits[theirs].num_examples for ours, theirs in spec.splits.items()}
@@ -73,9 +72,14 @@ def _preprocess(
     rule: str,
     flip: bool,
     dequantize: bool,
+    levels: int,
 ) -> dict[str, np.ndarray]:
     image = transforms.resize_image(example["image"], size, rule)
-    out = {"image": transforms.to_unit_interval(image, rng, flip=flip, dequantize=dequantize)}
+    out = {
+        "image": transforms.to_unit_interval(
+            image, rng, flip=flip, dequantize=dequantize, levels=levels
+        )
+    }
     if "label" in example:
         out["label"] = np.int32(example["label"])
     return out
@@ -214,7 +218,8 @@ def make_dataset(
         drop_remainder: with ``repeat=False``, whether to drop the last, incomplete global batch of
             the pass; if not, it is padded to full size and every batch has a ``"mask"`` entry
             (``bool [B_local]``, true for real examples), as evaluation of a whole split needs.
-        uniform_dequantization: default ``cfg.uniform_dequantization``; evaluation of bits/dim sets it.
+        uniform_dequantization: default ``cfg.uniform_dequantization``: level ``k`` of
+            ``cfg.num_levels`` becomes ``(k + U[0, 1)) / L`` (``transforms.to_unit_interval``).
         process_index: this process's index; default ``jax.process_index()``.
         process_count: the number of processes; default ``jax.process_count()``.
 
@@ -260,6 +265,7 @@ def make_dataset(
             rule=cfg.spec.resize,
             flip=cfg.random_flip and split == "train",
             dequantize=dequantize,
+            levels=cfg.num_levels,
         ),
         seed=augment_seed,
     )

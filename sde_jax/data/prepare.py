@@ -39,7 +39,9 @@ def prepare(name: str, data_dir: str, *, manual_dir: str | None = None) -> str:
         ImportError: TensorFlow is needed and not installed.
     """
     spec = get_spec(name)
-    if spec.tfds_name is None:
+    if spec.source == "photos":
+        raise ValueError(f"Data set {name!r} needs no preparing: it is cut in memory when read.")
+    if spec.source == "folder":
         raise ValueError(
             f"Data set {name!r} is not prepared: {spec.manual or 'it is read from data.folder.'}"
         )

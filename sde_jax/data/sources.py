@@ -63,8 +63,8 @@ def tfds_builder(cfg: DataConfig) -> tfds.core.DatasetBuilder:
             message holds the command that prepares it.
     """
     spec, data_dir = cfg.spec, cfg.resolved_data_dir
-    if spec.tfds_name is None:
-        raise ValueError(f"Data set {spec.name!r} is read from a folder, not TFDS.")
+    if spec.source != "tfds":
+        raise ValueError(f"Data set {spec.name!r} is read from its {spec.source}, not TFDS.")
     if spec.auto_prepare and not _is_prepared(spec.tfds_name, data_dir):
         from sde_jax.data import digits  # Registers its builder class; see its docstring.
 
@@ -227,7 +227,11 @@ def open_source(cfg: DataConfig, split: str) -> Sequence:
     spec = cfg.spec
     if split not in spec.splits:
         raise ValueError(f"Unknown split {split!r}; allowed values: {', '.join(spec.splits)}.")
-    if spec.tfds_name is None:
+    if spec.source == "photos":
+        from sde_jax.data.photos import PatchSource
+
+        return PatchSource(spec.splits[split])
+    if spec.source == "folder":
         if not cfg.folder:
             raise ValueError(
                 f"data.dataset={spec.name!r} reads images from data.folder, which is not set. "

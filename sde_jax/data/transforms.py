@@ -75,17 +75,29 @@ def resize_image(image: np.ndarray, size: int, rule: str) -> np.ndarray:
 
 
 def to_unit_interval(
-    image: np.ndarray, rng: np.random.Generator, *, flip: bool, dequantize: bool
+    image: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    flip: bool,
+    dequantize: bool,
+    levels: int = 256,
 ) -> np.ndarray:
-    """Turns a ``uint8 [H, W, C]`` image into ``float32`` data in ``[0, 1]``.
+    r"""Turns a ``uint8 [H, W, C]`` image into ``float32`` data in ``[0, 1]``.
+
+    Data of ``L`` levels is stored as :math:`v = \operatorname{round}(255 k / (L - 1))`,
+    :math:`k \in \{0, \dots, L - 1\}`. Without dequantization the result is :math:`v / 255`
+    (that is, :math:`k / (L - 1)`). Uniform dequantization spreads level :math:`k` over its own bin
+    of width :math:`1/L`: :math:`(k + u) / L`, :math:`u \sim U[0, 1)` per pixel, which is the
+    usual :math:`(255 x + u) / 256` for 8-bit data and makes the density of the result the
+    probability of the levels times :math:`L^D` (what bits/dim assumes,
+    :func:`sde_jax.likelihood.bits_per_dim` with ``num_bins=L``).
 
     Args:
         image: ``uint8 [H, W, C]``.
         rng: the randomness of this example (flip and dequantization noise).
         flip: whether to flip left-right with probability 1/2.
-        dequantize: whether to return ``(x * 255 + u) / 256`` with ``u ~ U[0, 1)`` per pixel, where
-            ``x = image / 255``; the result then lies in ``[0, 1)`` and each of the 256 levels fills
-            its own bin of width 1/256. Otherwise ``image / 255``.
+        dequantize: whether to dequantize uniformly.
+        levels: the number of levels ``L`` of the data (2 to 256).
 
     Returns:
         ``float32 [H, W, C]``.
@@ -94,8 +106,15 @@ def to_unit_interval(
         image = image[:, ::-1]
     x = image.astype(np.float32)
     if dequantize:
-        return (x + rng.random(x.shape, dtype=np.float32)) / np.float32(256.0)
+        k = x if levels == 256 else level_indices(x / np.float32(255.0), levels)
+        return (k + rng.random(x.shape, dtype=np.float32)) / np.float32(levels)
     return x / np.float32(255.0)
+
+
+def level_indices(x01, levels: int):
+    """The level index ``k`` in ``0..levels-1`` of undequantized data ``x01 = k / (levels - 1)``
+    (numpy or JAX, float)."""
+    return (x01 * (levels - 1) + 0.5) // 1
 
 
 def data_scaler(cfg: DataConfig) -> Callable:

@@ -14,11 +14,14 @@ import json
 import os
 import sys
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+
+T = TypeVar("T")
 
 # A process that has not joined by then is missing: the others stop instead of waiting forever
 # (main.py's --join_timeout).
@@ -122,3 +125,20 @@ def any_process(flag: bool) -> bool:
     if jax.process_count() == 1:
         return flag
     return bool(np.max(multihost_utils.process_allgather(np.asarray([int(flag)]))))
+
+
+def first_then_others(fn: Callable[[], T], what: str) -> T:
+    """``fn()`` on process 0 first and then, once it has succeeded, on the others: for work that
+    fills a cache the processes share (process 0 fills it, the others read it). An error on
+    process 0 stops every process; ``what`` names the work in the others' message."""
+    if jax.process_count() == 1:
+        return fn()
+    result, error = None, None
+    if jax.process_index() == 0:
+        try:
+            result = fn()
+        except Exception as e:  # Re-raised below, after telling the other processes.
+            error = e
+    if any_process(error is not None):
+        raise error or RuntimeError(f"process 0 could not {what} (its error says why)")
+    return result if jax.process_index() == 0 else fn()

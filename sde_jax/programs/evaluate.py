@@ -5,8 +5,13 @@ the EMA weights,
 
 - the denoising score-matching loss of the training objective over the whole test split;
 - bits/dim of the test split (or its first ``bpd_max_examples`` images) under the probability-flow
-  ODE, averaged over ``num_repeats`` passes, each with fresh uniform dequantization
-  :math:`u = (255x + U[0, 1)) / 256` and fresh trace probes;
+  ODE as data of the data set's ``L`` levels (``data.num_levels``: 17 for the digits, 256 for 8-bit
+  images), averaged over ``num_repeats`` passes, each with fresh uniform dequantization
+  :math:`(k + U[0, 1)) / L` of level :math:`k` and fresh trace probes; with its standard error over
+  the images, and beside it the bits/dim of an independent per-pixel histogram and of a
+  full-covariance Gaussian fitted to the training split and scored on the same images at the same
+  level count (:mod:`sde_jax.programs.baselines`), with the standard error of the model's
+  difference from each, image by image;
 - with ``enable_sampling``, FID, Inception Score and KID of ``num_samples`` samples, generated in
   rounds that are saved as they finish (:mod:`sde_jax.programs.quality`).
 
@@ -31,6 +36,8 @@ from jax.sharding import Mesh, PartitionSpec
 from sde_jax import data as data_lib
 from sde_jax.likelihood import bits_per_dim, log_likelihood
 from sde_jax.models import make_score_fn
+from sde_jax.programs.baselines import MODELS as BASELINES
+from sde_jax.programs.baselines import cache_path, likelihood_baselines
 from sde_jax.programs.checkpoint import Checkpoints, abstract_state
 from sde_jax.programs.experiment import Experiment
 from sde_jax.programs.quality import SampleEvaluator
@@ -77,6 +84,7 @@ def make_bpd_fn(exp: Experiment, model, mesh: Mesh) -> Callable:
     sde = exp.sde.build()
     score = make_score_fn(sde, model, continuous=exp.training.continuous)
     data_range = (-1.0, 1.0) if exp.data.centered else (0.0, 1.0)
+    levels = exp.data.num_levels
     cfg = exp.eval
 
     def bpd_fn(params, u01, key):
@@ -85,7 +93,7 @@ def make_bpd_fn(exp: Experiment, model, mesh: Mesh) -> Callable:
         logp, _, nfe = log_likelihood(
             key, score_fn, sde, x, trace=cfg.trace, rtol=cfg.rtol, atol=cfg.atol
         )
-        return bits_per_dim(logp, x.shape[1:], data_range=data_range), nfe
+        return bits_per_dim(logp, x.shape[1:], data_range=data_range, num_bins=levels), nfe
 
     rep, batch = replicated(mesh), batch_sharded(mesh)
     return jax.jit(bpd_fn, in_shardings=(rep, batch, rep), out_shardings=(batch, rep))
@@ -103,7 +111,7 @@ def _bpd_settings(exp: Experiment) -> dict[str, Any]:
     cfg = exp.eval
     return dict(
         batch_size=cfg.batch_size, dataset=cfg.bpd_dataset, max_examples=cfg.bpd_max_examples,
-        trace=cfg.trace, rtol=cfg.rtol, atol=cfg.atol, seed=exp.seed,
+        trace=cfg.trace, rtol=cfg.rtol, atol=cfg.atol, seed=exp.seed, levels=exp.data.num_levels,
     )  # fmt: skip
 
 
@@ -122,6 +130,43 @@ def _part(progress: dict, name: str, settings: dict[str, Any], path: str) -> dic
     part["settings"] = settings
     progress[name] = part
     return part
+
+
+def _bpd_summary(exp: Experiment, repeats: dict[str, list]) -> dict[str, Any]:
+    """The model's bits/dim (mean over repeats, standard error over images) beside the baselines'
+    on the same images, with the standard error of the paired per-image differences."""
+    per_image = np.stack(
+        [np.concatenate(repeats[str(r)]) for r in range(exp.eval.num_repeats)]
+    )  # [repeats, images]
+    model = per_image.mean(axis=0)
+    n = len(model)
+
+    def stderr(v):
+        return float(np.std(v, ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+
+    out = {
+        "bpd_mean": float(model.mean()),
+        "bpd_stderr": stderr(model),
+        "bpd_per_repeat": [float(v) for v in per_image.mean(axis=1)],
+        "bpd_levels": exp.data.num_levels,
+        "bpd_trained_dequantized": exp.data.uniform_dequantization,
+        "bpd_baselines": {},
+    }
+    found = likelihood_baselines(exp)
+    for name in BASELINES:
+        theirs = np.asarray(found[name]["per_image"])
+        if len(theirs) != n:
+            raise RuntimeError(
+                f"the {name} baseline scored {len(theirs)} images, the model {n}: remove "
+                f"{cache_path(exp)} and evaluate again"
+            )
+        out["bpd_baselines"][name] = {
+            "bpd": found[name]["bpd"],
+            "stderr": found[name]["stderr"],
+            "model_minus_baseline": float(np.mean(model - theirs)),
+            "difference_stderr": stderr(model - theirs),
+        }
+    return out
 
 
 def evaluate_step(
@@ -174,13 +219,14 @@ def evaluate_step(
         part = _part(progress, "bpd", _bpd_settings(exp), path)
         repeats, complete = part.setdefault("repeats", {}), part.setdefault("complete", [])
         limit = cfg.bpd_max_examples or None
+        levels = exp.data.num_levels
         bpd_fn = None
         for repeat in range(cfg.num_repeats):
             if repeat in complete:
                 continue
             bpd_fn = bpd_fn or make_bpd_fn(exp, model, mesh)
-            record = repeats.setdefault(str(repeat), [])
-            seen = sum(c for _, c in record)
+            record = repeats.setdefault(str(repeat), [])  # Per batch: the images' bits/dim.
+            seen = sum(len(b) for b in record)
             for i, (images, mask) in enumerate(_eval_batches(exp)):
                 if limit is not None and seen >= limit:
                     break
@@ -194,30 +240,38 @@ def evaluate_step(
                 rows = images.shape[0]
                 noise = jax.random.uniform(k_deq, (rows * jax.process_count(), *images.shape[1:]))
                 noise = np.asarray(noise[jax.process_index() * rows :][:rows])
-                u01 = (np.round(images * 255.0) + noise) / 256.0
+                u01 = (data_lib.level_indices(images, levels) + noise) / levels
                 bpd, _ = bpd_fn(params, global_batch(u01.astype(np.float32), mesh, spec), k_probe)
                 real = np.asarray(multihost_utils.process_allgather(bpd, tiled=True))[mask]
                 if limit is not None:
                     real = real[: limit - seen]
                 if not np.all(np.isfinite(real)):
                     raise FloatingPointError(f"non-finite bits/dim at step {step}, batch {i}")
-                record.append([float(np.sum(real)), int(real.size)])
+                record.append([float(b) for b in real])
                 seen += int(real.size)
                 _atomic_json(path, progress)
             complete.append(repeat)
             _atomic_json(path, progress)
-        per_repeat = [
-            sum(s for s, _ in repeats[str(r)]) / sum(c for _, c in repeats[str(r)])
-            for r in range(cfg.num_repeats)
-        ]
-        progress["bpd_mean"] = float(np.mean(per_repeat))
-        progress["bpd_per_repeat"] = per_repeat
+        progress.update(_bpd_summary(exp, repeats))
     if cfg.enable_sampling:
         # The sample rounds check their own settings and refuse to mix (SampleEvaluator).
         progress["sampling"] = sample_eval(workdir, step, params)
     if json.dumps(progress, sort_keys=True) != before:  # A finished evaluation is left as it is.
         _atomic_json(path, progress)
     return progress
+
+
+def _bpd_line(entry: dict[str, Any]) -> str:
+    """The bits/dim of a report entry beside the baselines', in one line."""
+    b = entry["bpd_baselines"]
+    return (
+        f"bits/dim {entry['bpd']:.4f} ± {entry['bpd_stderr']:.4f} as {entry['bpd_levels']}-level "
+        f"data; per-pixel histogram {b['histogram']['bpd']:.4f}, full-covariance Gaussian "
+        f"{b['gaussian']['bpd']:.4f}; model minus histogram "
+        f"{b['histogram']['model_minus_baseline']:+.4f} ± {b['histogram']['difference_stderr']:.4f}"
+        f", minus Gaussian {b['gaussian']['model_minus_baseline']:+.4f} ± "
+        f"{b['gaussian']['difference_stderr']:.4f}"
+    )
 
 
 def run_eval_mode(exp: Experiment, workdir: str) -> dict:
@@ -257,6 +311,12 @@ def run_eval_mode(exp: Experiment, workdir: str) -> dict:
             entry["test_loss"] = result["loss"]["mean"]
         if exp.eval.enable_bpd:
             entry["bpd"] = result["bpd_mean"]
+            entry["bpd_stderr"] = result["bpd_stderr"]
+            entry["bpd_levels"] = result["bpd_levels"]
+            entry["bpd_trained_dequantized"] = result["bpd_trained_dequantized"]
+            for name, b in result["bpd_baselines"].items():
+                entry[f"bpd_{name}"] = b["bpd"]
+            entry["bpd_baselines"] = result["bpd_baselines"]
             entry["bpd_per_repeat"] = result["bpd_per_repeat"]
         if exp.eval.enable_sampling:
             quality = result["sampling"]
@@ -267,8 +327,15 @@ def run_eval_mode(exp: Experiment, workdir: str) -> dict:
             if quality["warnings"]:
                 entry["warnings"] = quality["warnings"]
         report[str(step)] = entry
-        writer.scalars(step, {f"eval/{k}": v for k, v in entry.items() if not isinstance(v, list)})
-        print(f"step {step}: " + ", ".join(f"{k} {v}" for k, v in entry.items()), flush=True)
+        scalars = {
+            k: v
+            for k, v in entry.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        writer.scalars(step, {f"eval/{k}": v for k, v in scalars.items()})
+        print(f"step {step}: " + ", ".join(f"{k} {v}" for k, v in scalars.items()), flush=True)
+        if exp.eval.enable_bpd:
+            print(f"step {step}: {_bpd_line(entry)}", flush=True)
     ckpts.close()
     writer.close()
     _atomic_json(os.path.join(workdir, "eval", "report.json"), report)

@@ -96,8 +96,10 @@ class Experiment:
         return self.model.build(self.sde, self.data.centered, **cpu_model_options())
 
     def signature(self) -> dict[str, Any]:
-        """What a checkpoint's contents depend on: the network, the SDE, the image shape and the
-        data's scaling (``centered`` changes the network's input mapping)."""
+        """What a checkpoint's contents depend on: the network, the SDE, the image shape, the
+        data's scaling (``centered`` changes the network's input mapping) and what the model was
+        trained to be a density of (the data's level count and whether it was dequantized), so
+        that bits/dim is never measured at another level count than the model was trained for."""
         return {
             "model": self.model.name,
             "model_fields": self.model.fields,
@@ -105,4 +107,6 @@ class Experiment:
             "image_shape": list(self.image_shape),
             "continuous": self.training.continuous,
             "centered": self.data.centered,
+            "levels": self.data.num_levels,
+            "uniform_dequantization": self.data.uniform_dequantization,
         }

@@ -37,7 +37,7 @@ from sde_jax.metrics.scores import (
     save_stats,
 )
 from sde_jax.metrics.weights import InceptionWeights, cache_dir, load_inception
-from sde_jax.programs.distributed import any_process
+from sde_jax.programs.distributed import any_process, first_then_others
 from sde_jax.programs.experiment import Experiment
 from sde_jax.programs.images import to_uint8_floored
 from sde_jax.programs.sampler import experiment_sample_fn, sample_round
@@ -77,19 +77,9 @@ def _gather(local: np.ndarray) -> np.ndarray:
 def _load_weights(exp) -> InceptionWeights:
     """The Inception weights, fetched and converted into the cache by process 0 alone; the others
     read them once it has (they share the cache, as they share the workdir)."""
-    if jax.process_count() == 1:
-        return load_inception(exp.eval.inception_weights)
-    weights, error = None, None
-    if jax.process_index() == 0:
-        try:
-            weights = load_inception(exp.eval.inception_weights)
-        except Exception as e:  # Re-raised below, after telling the other processes.
-            error = e
-    if any_process(error is not None):
-        raise error or RuntimeError(
-            "process 0 could not load the Inception weights (its error says why)"
-        )
-    return weights or load_inception(exp.eval.inception_weights)
+    return first_then_others(
+        lambda: load_inception(exp.eval.inception_weights), "load the Inception weights"
+    )
 
 
 def _extractor(exp, weights: InceptionWeights, mesh: Mesh, layers) -> FeatureExtractor:
