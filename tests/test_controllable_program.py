@@ -2,6 +2,7 @@
 
 import dataclasses
 import importlib
+import json
 import pathlib
 import sys
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sde_jax.controllable import decoupling_matrix
 from sde_jax.models.ncsnpp import embed_class_labels
 from sde_jax.programs.conditional_sample import load_images, load_mask, named_mask, run_task
 from sde_jax.programs.experiment import Experiment
@@ -245,6 +247,38 @@ def test_colorize_end_to_end(tmp_path):
     np.testing.assert_array_equal(inputs, np.stack([np.asarray(Image.open(f)) for f in files]))
     grid = np.asarray(Image.open(f"{out}/grid.png"))
     assert grid.shape == (4 * (32 + 2) + 2, 3 * (32 + 2) + 2, 3)  # 4 rows of 3, enlarged 4x.
+    # The colour error, against the stored (rounded) samples: within the rounding's 1/510.
+    with open(f"{out}/colour_error.json") as f:
+        error = json.load(f)
+    basis = decoupling_matrix(3)[:, 1:]
+    chroma = lambda x: (x / 255.0) @ basis
+    direct = np.sqrt(np.mean((chroma(images.reshape(2, 3, 8, 8, 3)) - chroma(inputs)) ** 2))
+    assert abs(error["completions"] - direct) < 1 / 510
+    assert error["num_inputs"] == 3 and error["num_completions"] == 2
+
+
+def test_colour_error_of_known_completions():
+    from sde_jax.data import photos
+    from sde_jax.programs.conditional_sample import _colour_error
+
+    exp = Experiment.from_config(importlib.import_module("configs.photo_patches").get_config())
+    truth = photos.patches("test")[:5].astype(np.float64) / 255.0
+    basis = decoupling_matrix(3).astype(np.float64)
+    exact = _colour_error(exp, truth, np.stack([truth, truth]))
+    assert exact["completions"] == exact["average_completion"] == 0.0
+    # The baseline: the training patches' mean chroma, directly.
+    train_chroma = (photos.patches("train") / 255.0) @ basis[:, 1:]
+    mean = train_chroma.reshape(-1, 2).mean(axis=0)
+    np.testing.assert_allclose(exact["train_mean_chroma"], mean, rtol=1e-6)  # float32 data.
+    want = np.sqrt(np.mean((truth @ basis[:, 1:] - mean) ** 2))
+    np.testing.assert_allclose(exact["mean_chroma_baseline"], want, rtol=1e-6)
+    # Completions off by +d and -d along one colour direction: each has error d / sqrt(2) (one of
+    # two chroma coordinates), their average none.
+    d = 0.1
+    shift = d * basis[:, 1]
+    off = _colour_error(exp, truth, np.stack([truth + shift, truth - shift]))
+    np.testing.assert_allclose(off["completions"], d / np.sqrt(2), rtol=1e-6)  # float32 basis.
+    np.testing.assert_allclose(off["average_completion"], 0.0, atol=1e-12)
 
 
 def test_rows_run_in_rounds_with_one_key_per_round():
