@@ -20,6 +20,8 @@ def get_config():
     config.data.num_channels = 1
     config.data.centered = True
     config.data.random_flip = False  # A mirrored digit is not a digit.
+    # Training sees the 17-level digits as bits/dim measures them: (k + U[0, 1)) / 17.
+    config.data.uniform_dequantization = True
 
     config.model = model = ml_collections.ConfigDict()
     model.name = "ncsnpp"

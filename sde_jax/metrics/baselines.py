@@ -19,9 +19,11 @@ scored on held-out images as :math:`L`-level data, exactly as the probability-fl
 
   so no noise is drawn: each held-out image gets the expected bits/dim of its dequantizations.
 
-Both need one pass over the training split (:func:`pixel_statistics`, :math:`O(N D^2)` for the
-second moments; 50,000 CIFAR-10 images, :math:`D = 3072`, take about a minute of float64 matrix
-products) and a :math:`D \times D` Cholesky factorization.
+Both need one pass over the training split (:func:`pixel_statistics`: a histogram by ``bincount``
+and the second moments :math:`\sum_n k_n k_n^\top` as one float64 matrix product per batch,
+:math:`N D^2` multiply-adds, :math:`4.7 \times 10^{11}` for CIFAR-10's 50,000 images of
+:math:`D = 3072`) and one :math:`D \times D` Cholesky factorization; scoring is a triangular
+solve per batch.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import math
 from collections.abc import Iterable
 
 import numpy as np
+import scipy.linalg
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +72,8 @@ def pixel_statistics(batches: Iterable[np.ndarray], levels: int) -> PixelStatist
             dims = flat.shape[1]
             histogram = np.zeros((dims, levels), np.int64)
             total, outer = np.zeros(dims), np.zeros((dims, dims))
-        np.add.at(histogram, (np.arange(flat.shape[1])[None, :], flat), 1)
+        cells = np.arange(flat.shape[1]) * levels + flat  # [B, D]: one cell per (d, level).
+        histogram += np.bincount(cells.ravel(), minlength=histogram.size).reshape(histogram.shape)
         as_float = flat.astype(np.float64)
         total += as_float.sum(axis=0)
         outer += as_float.T @ as_float
@@ -105,8 +109,8 @@ def gaussian_bits(mean: np.ndarray, cov: np.ndarray, k: np.ndarray, levels: int)
     dims = flat.shape[1]
     chol = np.linalg.cholesky(cov)
     centred = (flat + 0.5) / levels - mean
-    whitened = np.linalg.solve(chol, centred.T)  # [D, B]
-    inv_chol = np.linalg.solve(chol, np.eye(dims))
+    whitened = scipy.linalg.solve_triangular(chol, centred.T, lower=True)  # [D, B]
+    inv_chol = scipy.linalg.solve_triangular(chol, np.eye(dims), lower=True)
     log_det = 2.0 * np.sum(np.log(np.diag(chol)))
     logp = -0.5 * (np.sum(whitened**2, axis=0) + log_det + dims * math.log(2.0 * math.pi))
     logp = logp - np.sum(inv_chol**2) / (24.0 * levels**2)
