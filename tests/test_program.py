@@ -57,6 +57,25 @@ def test_paper_configs_build_with_reference_parameter_counts(name):
     assert count > 1e7
 
 
+@pytest.mark.parametrize(
+    "name",
+    sorted(
+        p.stem
+        for p in (ROOT / "configs").glob("*.py")
+        # digits_classifier is train_classifier's (tests/test_controllable_program.py).
+        if p.stem not in ("__init__", "defaults", "digits_classifier")
+        and p.stem not in PAPER_CONFIGS
+    ),
+)
+def test_every_other_config_is_valid(name):
+    exp = Experiment.from_config(load_config(name))
+    if name == "digits_nll":  # What README says it is.
+        assert exp.sde.name == "subvpsde" and exp.data.uniform_dequantization
+        assert exp.training.likelihood_weighting and exp.training.importance_weighting
+    if name == "photo_patches":
+        assert exp.image_shape == (16, 16, 3)
+
+
 def test_tiny_config_trains_samples_and_evaluates(tmp_path, data_dir):
     workdir = tmp_path / "run"
     _main("train", workdir, data_dir)
