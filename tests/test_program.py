@@ -102,7 +102,7 @@ def test_tiny_config_trains_samples_and_evaluates(tmp_path, data_dir):
         assert len(entry["bpd_per_repeat"]) == 2
         # Barely trained models: somewhere between 0 and far above the 17 levels' 4.09 bits/dim.
         assert 0 < entry["bpd"] < 100 and entry["bpd_stderr"] > 0
-        assert entry["bpd_levels"] == 17 and entry["bpd_trained_dequantized"] is False
+        assert entry["bpd_levels"] == 17 and entry["bpd_trained_dequantized"] is True
     # The baselines: the per-pixel histogram and Gaussian of the training digits (from
     # scikit-learn's copy of them), scored on the first 8 held-out digits in the data's order.
     from sklearn.datasets import load_digits

@@ -134,8 +134,9 @@ def load_images(exp: Experiment, spec: str, max_images: int) -> np.ndarray:
         )
     if spec in SPLITS:
         it = make_dataset(
-            exp.data, spec, shuffle=False, repeat=False, batch_size=max_images, drop_remainder=False
-        )
+            exp.data, spec, shuffle=False, repeat=False, batch_size=max_images,
+            drop_remainder=False, uniform_dequantization=False,  # The images as stored.
+        )  # fmt: skip
         images = np.asarray(next(iter(it))["image"], np.float32)
         it.close()
         return images[:max_images]
