@@ -26,7 +26,7 @@ API:
 - ``data_scaler(cfg)`` / ``inverse_scaler(cfg)``: pure maps ``[0, 1]`` <-> the model's scale;
   ``level_indices(x01, levels)``: the level index of undequantized data.
 - ``dataset_info(cfg) -> DatasetInfo(num_examples={"train": n, "eval": m}, image_shape, num_classes)``.
-- ``DATASETS``: the named data sets (``digits``, ``cifar10``, ``celeb_a``, ``lsun/bedroom``,
+- ``DATASETS``: the named data sets (``digits``, ``photo_patches``, ``cifar10``, ``celeb_a``, ``lsun/bedroom``,
   ``lsun/church_outdoor``, ``celeb_a_hq``, ``ffhq``, ``folder``); see ``catalog``.
 - ``DatasetNotPreparedError``: raised with the exact command that prepares a missing data set.
 
