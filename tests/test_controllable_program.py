@@ -259,12 +259,12 @@ def test_colorize_end_to_end(tmp_path):
 
 def test_colour_error_of_known_completions():
     from sde_jax.data import photos
-    from sde_jax.programs.conditional_sample import _colour_error
+    from sde_jax.programs.colour_error import chroma_error
 
     exp = Experiment.from_config(importlib.import_module("configs.photo_patches").get_config())
     truth = photos.patches("test")[:5].astype(np.float64) / 255.0
     basis = decoupling_matrix(3).astype(np.float64)
-    exact = _colour_error(exp, truth, np.stack([truth, truth]))
+    exact = chroma_error(exp, truth, np.stack([truth, truth]))
     assert exact["completions"] == exact["average_completion"] == 0.0
     # The baseline: the training patches' mean chroma, directly.
     train_chroma = (photos.patches("train") / 255.0) @ basis[:, 1:]
@@ -276,7 +276,7 @@ def test_colour_error_of_known_completions():
     # two chroma coordinates), their average none.
     d = 0.1
     shift = d * basis[:, 1]
-    off = _colour_error(exp, truth, np.stack([truth + shift, truth - shift]))
+    off = chroma_error(exp, truth, np.stack([truth + shift, truth - shift]))
     np.testing.assert_allclose(off["completions"], d / np.sqrt(2), rtol=1e-6)  # float32 basis.
     np.testing.assert_allclose(off["average_completion"], 0.0, atol=1e-12)
 

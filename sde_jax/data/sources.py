@@ -22,6 +22,7 @@ import tensorflow_datasets as tfds
 
 from sde_jax.data.catalog import DatasetSpec
 from sde_jax.data.config import DataConfig
+from sde_jax.data.photos import PatchSource
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _VERSION = re.compile(r"\d+\.\d+\.\d+")
@@ -228,8 +229,6 @@ def open_source(cfg: DataConfig, split: str) -> Sequence:
     if split not in spec.splits:
         raise ValueError(f"Unknown split {split!r}; allowed values: {', '.join(spec.splits)}.")
     if spec.source == "photos":
-        from sde_jax.data.photos import PatchSource
-
         return PatchSource(spec.splits[split])
     if spec.source == "folder":
         if not cfg.folder:

@@ -20,14 +20,8 @@ Inputs (``config.sampling``):
 Outputs go to ``<workdir>/samples/step_<step>/<task>/``: ``grid.png`` (inpainting and
 colorization: a row of inputs, a row of masked or gray inputs, then one row per completion) and
 ``samples.npz`` (uint8 ``images``, ``inputs`` and ``mask`` or ``labels``, and the ``nfe``).
-Colorizing colour inputs (whose true colours are known) also writes ``colour_error.json``: the
-root-mean-square error of the chroma (the two colour coordinates of
-:func:`sde_jax.controllable.decoupling_matrix`, in [0, 1] units) of the completions against the
-truth, of the average of each input's completions, and of the baseline that paints every pixel the
-mean chroma of the training split over the given gray. A sample of the exact conditional has
-:math:`\sqrt 2` times the conditional spread as its expected error, so a single completion can be
-right and still lose to the mean on this number; the average of the completions estimates the
-conditional mean, which can only beat the baseline by knowing more than the gray.
+Colorizing colour inputs (whose true colours are known) also writes ``colour_error.json``
+(:mod:`sde_jax.programs.colour_error`).
 
 The rows to sample (every completion of every input, or every requested label) run in rounds of at
 most ``config.sampling.batch_size``, each round one compiled program whose batch axis is split over
@@ -49,6 +43,7 @@ from sde_jax.data import data_scaler, inverse_scaler, make_dataset
 from sde_jax.models import make_score_fn
 from sde_jax.programs.checkpoint import restore_ema
 from sde_jax.programs.classifier import load_classifier
+from sde_jax.programs.colour_error import chroma_error
 from sde_jax.programs.experiment import Experiment
 from sde_jax.programs.images import save_grid, to_uint8_rounded
 from sde_jax.programs.sampler import (
@@ -235,37 +230,6 @@ def _in_rounds(fn, params, key, rows: np.ndarray, batch_size: int) -> tuple[np.n
     return np.concatenate([x for x, _ in outs])[:n], outs[-1][1]
 
 
-def _chroma(images01: np.ndarray) -> np.ndarray:
-    basis = controllable.decoupling_matrix(images01.shape[-1]).astype(np.float64)
-    return images01.astype(np.float64) @ basis[:, 1:]
-
-
-def _colour_error(exp: Experiment, truth: np.ndarray, completions: np.ndarray) -> dict:
-    """Chroma RMSE of ``completions [K, N, H, W, C]`` against ``truth [N, H, W, C]``, and of the
-    mean-chroma baseline (the training split's mean chroma; see the module docstring)."""
-    train = make_dataset(
-        exp.data, "train", shuffle=False, repeat=False, batch_size=exp.eval.batch_size,
-        drop_remainder=False, uniform_dequantization=False, process_index=0, process_count=1,
-    )  # fmt: skip
-    total, count = 0.0, 0
-    for batch in train:
-        chroma = _chroma(np.asarray(batch["image"]))
-        keep = np.asarray(batch.get("mask", np.ones(len(chroma), bool)))
-        total = total + chroma[keep].sum(axis=(0, 1, 2))
-        count += int(keep.sum()) * chroma.shape[1] * chroma.shape[2]
-    mean_chroma = total / count
-    true = _chroma(truth)
-    rmse = lambda c: float(np.sqrt(np.mean((c - true) ** 2)))
-    return {
-        "num_inputs": len(truth),
-        "num_completions": len(completions),
-        "completions": rmse(_chroma(completions)),
-        "average_completion": rmse(_chroma(completions.mean(axis=0))),
-        "mean_chroma_baseline": rmse(np.broadcast_to(mean_chroma, true.shape)),
-        "train_mean_chroma": [float(v) for v in mean_chroma],
-    }
-
-
 def run_task(exp: Experiment, workdir: str, *, step: int | None = None) -> str:
     """Runs ``config.sampling.task`` with the EMA weights of the newest (or ``step``'s) checkpoint
     and writes the grid and the arrays; returns the output directory."""
@@ -382,7 +346,7 @@ def run_task(exp: Experiment, workdir: str, *, step: int | None = None) -> str:
         grid = dict(images01=rows, ncol=n)
         arrays.update(inputs=to_uint8_rounded(images))
         if task == "colorize" and images.shape[-1] == image_shape[2]:
-            colour_error = _colour_error(exp, images, completions)
+            colour_error = chroma_error(exp, images, completions)
         if mask is not None:
             arrays.update(mask=mask.astype(np.uint8))
     if jax.process_index() == 0:
