@@ -247,12 +247,17 @@ def test_colorize_end_to_end(tmp_path):
     np.testing.assert_array_equal(inputs, np.stack([np.asarray(Image.open(f)) for f in files]))
     grid = np.asarray(Image.open(f"{out}/grid.png"))
     assert grid.shape == (4 * (32 + 2) + 2, 3 * (32 + 2) + 2, 3)  # 4 rows of 3, enlarged 4x.
-    # The colour error, against the stored (rounded) samples: within the rounding's 1/510.
+    # The colour error, against the stored (rounded) samples, input by input with its 2
+    # completions: within the rounding's 1/510.
     with open(f"{out}/colour_error.json") as f:
         error = json.load(f)
     basis = decoupling_matrix(3)[:, 1:]
     chroma = lambda x: (x / 255.0) @ basis
-    direct = np.sqrt(np.mean((chroma(images.reshape(2, 3, 8, 8, 3)) - chroma(inputs)) ** 2))
+    direct = np.sqrt(
+        np.mean(
+            (chroma(images.reshape(3, 2, 8, 8, 3).transpose(1, 0, 2, 3, 4)) - chroma(inputs)) ** 2
+        )
+    )
     assert abs(error["completions"] - direct) < 1 / 510
     assert error["num_inputs"] == 3 and error["num_completions"] == 2
 
