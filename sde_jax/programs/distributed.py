@@ -120,6 +120,12 @@ def check_same_run(**what: Any) -> None:
         )
 
 
+def gather(x) -> np.ndarray:
+    """The whole batch on this host: every process's rows of a local array, or every shard of a
+    global ``jax.Array``, in process (data) order."""
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def any_process(flag: bool) -> bool:
     """Whether ``flag`` is true on any process (every process gets the same answer)."""
     if jax.process_count() == 1:

@@ -30,7 +30,6 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, PartitionSpec
 
 from sde_jax import data as data_lib
@@ -39,6 +38,7 @@ from sde_jax.models import make_score_fn
 from sde_jax.programs.baselines import MODELS as BASELINES
 from sde_jax.programs.baselines import cache_path, likelihood_baselines
 from sde_jax.programs.checkpoint import Checkpoints, abstract_state
+from sde_jax.programs.distributed import gather
 from sde_jax.programs.experiment import Experiment
 from sde_jax.programs.quality import SampleEvaluator
 from sde_jax.programs.summary import SummaryWriter
@@ -76,7 +76,7 @@ def _eval_batches(exp: Experiment) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     for batch in it:
         images = np.asarray(batch["image"], np.float32)
         mask = np.asarray(batch.get("mask", np.ones(images.shape[0], bool)))
-        yield images, np.asarray(multihost_utils.process_allgather(mask, tiled=True))
+        yield images, gather(mask)
 
 
 def make_bpd_fn(exp: Experiment, model, mesh: Mesh) -> Callable:
@@ -208,7 +208,7 @@ def evaluate_step(
             losses = eval_step(
                 params, global_batch(scaler(images), mesh, spec), jax.random.fold_in(key, i)
             )
-            real = np.asarray(multihost_utils.process_allgather(losses, tiled=True))[mask]
+            real = gather(losses)[mask]
             done.append([float(np.sum(real)), int(real.size)])
             _atomic_json(path, progress)
         total = np.sum(np.asarray(done), axis=0)
@@ -242,7 +242,7 @@ def evaluate_step(
                 noise = np.asarray(noise[jax.process_index() * rows :][:rows])
                 u01 = (data_lib.level_indices(images, levels) + noise) / levels
                 bpd, _ = bpd_fn(params, global_batch(u01.astype(np.float32), mesh, spec), k_probe)
-                real = np.asarray(multihost_utils.process_allgather(bpd, tiled=True))[mask]
+                real = gather(bpd)[mask]
                 if limit is not None:
                     real = real[: limit - seen]
                 if not np.all(np.isfinite(real)):

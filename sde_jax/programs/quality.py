@@ -37,7 +37,7 @@ from sde_jax.metrics.scores import (
     save_stats,
 )
 from sde_jax.metrics.weights import InceptionWeights, cache_dir, load_inception
-from sde_jax.programs.distributed import any_process, first_then_others
+from sde_jax.programs.distributed import any_process, first_then_others, gather
 from sde_jax.programs.experiment import Experiment
 from sde_jax.programs.images import to_uint8_floored
 from sde_jax.programs.sampler import experiment_sample_fn, sample_round
@@ -67,11 +67,6 @@ def default_stats_path(exp) -> str:
 def stats_path(exp) -> str:
     """``config.eval.fid_stats``, or :func:`default_stats_path`."""
     return os.path.expanduser(exp.eval.fid_stats) if exp.eval.fid_stats else default_stats_path(exp)
-
-
-def _gather(local: np.ndarray) -> np.ndarray:
-    """The global batch from every process's rows (in process order)."""
-    return np.asarray(multihost_utils.process_allgather(local, tiled=True))
 
 
 def _load_weights(exp) -> InceptionWeights:
@@ -110,9 +105,9 @@ def run_fid_stats_mode(exp: Experiment, path: str | None = None) -> str:
     for batch in batches:
         # Each process reads its rows of the global batch; every process extracts the features of
         # the whole batch, in the data set's order.
-        images = _gather(np.asarray(batch["image"], np.float32))
+        images = gather(np.asarray(batch["image"], np.float32))
         if "mask" in batch:
-            images = images[_gather(np.asarray(batch["mask"], bool))]
+            images = images[gather(np.asarray(batch["mask"], bool))]
         # The data are 8-bit images scaled by 1/255: rounding recovers them exactly.
         features.append(extractor(np.round(images * 255.0).astype(np.uint8))["2048"])
         count += len(images)

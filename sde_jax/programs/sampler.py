@@ -16,12 +16,12 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from sde_jax.data import inverse_scaler
 from sde_jax.models import make_score_fn
 from sde_jax.programs.config import SamplingConfig
+from sde_jax.programs.distributed import gather
 from sde_jax.programs.experiment import Experiment
 from sde_jax.programs.workdir import write_json
 from sde_jax.sampling import method_options, sample
@@ -106,7 +106,7 @@ def sample_round(fn: Callable, params: Any, key: Array, r: int, *args) -> tuple[
     """
     x, nfe = fn(params, jax.random.fold_in(key, r), *args)
     # Every process gets the whole round (each holds only its rows of the batch).
-    x = np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    x = gather(x)
     bad = int(x.size - np.count_nonzero(np.isfinite(x)))
     if bad:
         raise FloatingPointError(f"sampling round {r}: {bad} non-finite values in the samples")
