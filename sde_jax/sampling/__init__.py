@@ -1,7 +1,7 @@
 """Samplers for score-based models: predictor–corrector (:mod:`~sde_jax.sampling.pc`), the
 probability-flow ODE (:mod:`~sde_jax.sampling.ode`) and few-step solvers on noise levels
 (:mod:`~sde_jax.sampling.levels`; :mod:`~sde_jax.sampling.edm`, :mod:`~sde_jax.sampling.multistep`,
-:mod:`~sde_jax.sampling.ddim`). :func:`sample` dispatches to any of them by name (:data:`METHODS`).
+:mod:`~sde_jax.sampling.ddim`), with levels fitted to a model (:mod:`~sde_jax.sampling.tuning`). :func:`sample` dispatches to any of them by name (:data:`METHODS`).
 """
 
 from sde_jax.sampling.ddim import ddim_sample
@@ -42,6 +42,12 @@ from sde_jax.sampling.pc import (
     pc_times,
     reverse_diffusion_predictor,
 )
+from sde_jax.sampling.tuning import (
+    TUNABLE_METHODS,
+    levels_from_weights,
+    optimize_levels,
+    teacher_solve,
+)
 
 __all__ = [
     "CORRECTORS",
@@ -51,6 +57,7 @@ __all__ = [
     "PREDICTORS",
     "SCHEDULES",
     "SOLVERS",
+    "TUNABLE_METHODS",
     "ald_corrector",
     "ancestral_sampling_predictor",
     "check_pc_options",
@@ -64,11 +71,13 @@ __all__ = [
     "edm_stochastic_sample",
     "euler_maruyama_predictor",
     "langevin_corrector",
+    "levels_from_weights",
     "method_options",
     "noise_to_signal",
     "none_corrector",
     "none_predictor",
     "ode_sample",
+    "optimize_levels",
     "pc_loop",
     "pc_nfe",
     "pc_sample",
@@ -80,6 +89,7 @@ __all__ = [
     "solve_flow",
     "solve_ode",
     "solver_nfe",
+    "teacher_solve",
     "time_of",
     "unipc_sample",
 ]

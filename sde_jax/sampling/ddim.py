@@ -1,7 +1,7 @@
 r"""DDIM (Song, Meng & Ermon 2021, "Denoising diffusion implicit models", eq. 12) in :math:`(y, s)`.
 
 The options it shares with the other few-step samplers (``num_steps``, ``rho``, ``schedule``,
-``eps``, ``s_max``) and its return value are described in :mod:`sde_jax.sampling.levels`.
+``eps``, ``s_max``, ``levels``, ``z``) and its return value are described in :mod:`sde_jax.sampling.levels`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,14 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from sde_jax.sampling.levels import Grid, check_levels, denoiser, jump_to_s_max, scaled_prior_sample
+from sde_jax.sampling.levels import (
+    Grid,
+    check_levels,
+    check_z,
+    denoiser,
+    jump_to_s_max,
+    scaled_prior_sample,
+)
 from sde_jax.sde import SDE, ScoreFn
 
 Array = jax.Array
@@ -23,12 +30,14 @@ def ddim_sample(
     sde: SDE,
     shape: tuple[int, ...],
     *,
-    num_steps: int = 50,
+    num_steps: int | None = None,
     eta: float = 0.0,
-    rho: float = 7.0,
-    schedule: str = "edm",
+    rho: float | None = None,
+    schedule: str | None = None,
     eps: float | None = None,
     s_max: float | None = None,
+    levels: Array | None = None,
+    z: Array | None = None,
 ) -> tuple[Array, Array]:
     r"""DDIM with stochasticity :math:`\eta`; NFE :math:`= n`.
 
@@ -46,18 +55,17 @@ def ddim_sample(
     Args:
         eta: :math:`\eta \in [0, 1]`; ``key`` also draws the step noise when it is positive.
     """
-    shape, eps, n, rho, schedule, s_max = check_levels(
-        sde, shape, eps, num_steps, rho, schedule, s_max
-    )
+    shape, schedule, args = check_levels(
+        sde, shape, eps, num_steps, rho, schedule, s_max, levels,
+        default_steps=50, default_schedule="edm",
+    )  # fmt: skip
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"`eta` must lie in [0, 1]; got {eta!r}.")
     return _ddim_sample(
         key,
         sde,
-        n,
-        eps,
-        rho,
-        s_max,
+        args,
+        check_z(z, shape),
         jnp.asarray(eta, jnp.float32),
         score_fn=score_fn,
         shape=shape,
@@ -66,10 +74,10 @@ def ddim_sample(
 
 
 @functools.partial(jax.jit, static_argnames=("score_fn", "shape", "schedule"))
-def _ddim_sample(key, sde, n, eps, rho, s_max, eta, *, score_fn, shape, schedule):
+def _ddim_sample(key, sde, args, z0, eta, *, score_fn, shape, schedule):
     k_prior, k_loop = jax.random.split(key)
-    grid = Grid(sde, n, eps, rho, schedule, s_max)
-    y = scaled_prior_sample(sde, k_prior, shape)
+    grid = Grid(sde, schedule, args)
+    y = scaled_prior_sample(sde, k_prior, shape, z0)
 
     def step(i, y):
         s, s_next = grid.level(i), grid.level(i + 1)
@@ -81,5 +89,5 @@ def _ddim_sample(key, sde, n, eps, rho, s_max, eta, *, score_fn, shape, schedule
         return d + s_next * jnp.sqrt(1.0 - eta**2 * kept) * (y - d) / s + c * z
 
     y, first = jump_to_s_max(sde, score_fn, grid, y)
-    y = jax.lax.fori_loop(first, n - 1, step, y)
-    return denoiser(sde, score_fn, y, grid.s_min), n.astype(jnp.int32)
+    y = jax.lax.fori_loop(first, grid.n - 1, step, y)
+    return denoiser(sde, score_fn, y, grid.s_min), grid.count(grid.n)

@@ -2,7 +2,7 @@ r"""EDM samplers (Karras et al. 2022): Heun's method on the probability-flow ODE
 deterministic (Algorithm 1) or with churn (Algorithm 2).
 
 The options they share with the other few-step samplers (``num_steps``, ``rho``, ``schedule``,
-``eps``, ``s_max``) and their return value are described in :mod:`sde_jax.sampling.levels`.
+``eps``, ``s_max``, ``levels``, ``z``) and their return value are described in :mod:`sde_jax.sampling.levels`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,14 @@ import math
 import jax
 import jax.numpy as jnp
 
-from sde_jax.sampling.levels import Grid, check_levels, denoiser, jump_to_s_max, scaled_prior_sample
+from sde_jax.sampling.levels import (
+    Grid,
+    check_levels,
+    check_z,
+    denoiser,
+    jump_to_s_max,
+    scaled_prior_sample,
+)
 from sde_jax.sde import SDE, ScoreFn
 
 Array = jax.Array
@@ -25,11 +32,13 @@ def edm_heun_sample(
     sde: SDE,
     shape: tuple[int, ...],
     *,
-    num_steps: int = 18,
-    rho: float = 7.0,
-    schedule: str = "edm",
+    num_steps: int | None = None,
+    rho: float | None = None,
+    schedule: str | None = None,
     eps: float | None = None,
     s_max: float | None = None,
+    levels: Array | None = None,
+    z: Array | None = None,
 ) -> tuple[Array, Array]:
     r"""Deterministic sampling with Heun's method (Karras et al. 2022, Algorithm 1).
 
@@ -38,12 +47,10 @@ def edm_heun_sample(
     at the new point, except for the last step (to :math:`s = 0`), which is an Euler step. NFE:
     :math:`2n - 1`, or :math:`2n - 2` with ``s_max`` (its jump is one evaluation).
     """
-    shape, eps, n, rho, schedule, s_max = check_levels(
-        sde, shape, eps, num_steps, rho, schedule, s_max
-    )
+    shape, schedule, args = _check(sde, shape, eps, num_steps, rho, schedule, s_max, levels)
     zero = jnp.zeros((), jnp.float32)
     return _edm_sample(
-        key, sde, n, eps, rho, s_max, zero, zero, zero, zero,
+        key, sde, args, check_z(z, shape), zero, zero, zero, zero,
         score_fn=score_fn, shape=shape, churn=False, schedule=schedule,
     )  # fmt: skip
 
@@ -54,15 +61,17 @@ def edm_stochastic_sample(
     sde: SDE,
     shape: tuple[int, ...],
     *,
-    num_steps: int = 18,
-    rho: float = 7.0,
-    schedule: str = "edm",
+    num_steps: int | None = None,
+    rho: float | None = None,
+    schedule: str | None = None,
     s_churn: float = 10.0,
     s_tmin: float = 0.0,
     s_tmax: float = float("inf"),
     s_noise: float = 1.0,
     eps: float | None = None,
     s_max: float | None = None,
+    levels: Array | None = None,
+    z: Array | None = None,
 ) -> tuple[Array, Array]:
     r"""Stochastic sampling of Karras et al. 2022 (Algorithm 2): Heun steps with churn.
 
@@ -82,9 +91,7 @@ def edm_stochastic_sample(
         s_noise: :math:`S_\text{noise}`, the scale of the added noise (slightly above 1 in EDM to
             offset a denoiser's bias; 1 for an exact score).
     """
-    shape, eps, n, rho, schedule, s_max = check_levels(
-        sde, shape, eps, num_steps, rho, schedule, s_max
-    )
+    shape, schedule, args = _check(sde, shape, eps, num_steps, rho, schedule, s_max, levels)
     for name, v in (("s_churn", s_churn), ("s_tmin", s_tmin), ("s_noise", s_noise)):
         if not v >= 0:
             raise ValueError(f"`{name}` must be >= 0; got {v!r}.")
@@ -92,21 +99,28 @@ def edm_stochastic_sample(
         raise ValueError(f"`s_tmax` must be >= `s_tmin` ({s_tmin}); got {s_tmax!r}.")
     f32 = lambda v: jnp.asarray(v, jnp.float32)
     return _edm_sample(
-        key, sde, n, eps, rho, s_max, f32(s_churn), f32(s_tmin), f32(s_tmax), f32(s_noise),
+        key, sde, args, check_z(z, shape), f32(s_churn), f32(s_tmin), f32(s_tmax), f32(s_noise),
         score_fn=score_fn, shape=shape, churn=True, schedule=schedule,
+    )  # fmt: skip
+
+
+def _check(sde, shape, eps, num_steps, rho, schedule, s_max, levels):
+    return check_levels(
+        sde, shape, eps, num_steps, rho, schedule, s_max, levels,
+        default_steps=18, default_schedule="edm",
     )  # fmt: skip
 
 
 @functools.partial(jax.jit, static_argnames=("score_fn", "shape", "churn", "schedule"))
 def _edm_sample(
-    key, sde, n, eps, rho, s_max, s_churn, s_tmin, s_tmax, s_noise, *, score_fn, shape, churn,
-    schedule,
+    key, sde, args, z0, s_churn, s_tmin, s_tmax, s_noise, *, score_fn, shape, churn, schedule
 ):  # fmt: skip
     k_prior, k_loop = jax.random.split(key)
-    grid = Grid(sde, n, eps, rho, schedule, s_max)
-    y = scaled_prior_sample(sde, k_prior, shape)
+    grid = Grid(sde, schedule, args)
+    n = grid.n
+    y = scaled_prior_sample(sde, k_prior, shape, z0)
     denoise = functools.partial(denoiser, sde, score_fn)
-    gamma_max = jnp.minimum(s_churn / n.astype(jnp.float32), math.sqrt(2.0) - 1.0)
+    gamma_max = jnp.minimum(s_churn / jnp.asarray(n, jnp.float32), math.sqrt(2.0) - 1.0)
 
     def raise_noise(i, y, s):
         if not churn:
@@ -132,4 +146,4 @@ def _edm_sample(
     y = jax.lax.fori_loop(first, n - 1, heun_step, y)
     # The last step, to s = 0, is Euler's: y + (0 - s) (y - D) / s = D.
     y, s = raise_noise(n - 1, y, grid.s_min)
-    return denoise(y, s), (2 * n - 1 - first).astype(jnp.int32)
+    return denoise(y, s), grid.count(2 * n - 1 - first)

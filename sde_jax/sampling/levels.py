@@ -19,16 +19,16 @@ inverse depend on the SDE. Since :math:`\alpha(0) = 1`, the result is a sample o
 
 **Options every few-step sampler takes** (``sample_fn(key, score_fn, sde, shape, *, ...)``):
 
-- ``num_steps``: :math:`n \ge 2` steps from :math:`s_0 = s(T)`, the prior's level, to
+- ``num_steps``: :math:`n \ge 2` (None: the method's default) steps from :math:`s_0 = s(T)`, the prior's level, to
   :math:`s_n = 0`. The last one, from :math:`s_{n-1} = s_{\min} = s(\epsilon)` to 0, is
   :math:`y \leftarrow D(y; s_{\min})`, Tweedie's denoising step (the ``denoise`` of the PC and ODE
   samplers). The step count is traced, so a new budget does not compile again.
 - ``schedule``: how the levels are spaced, a key of :data:`SCHEDULES` (:func:`schedule_level`):
   ``edm`` (Karras et al. 2022, eq. 5, :func:`edm_schedule`), ``logsnr`` (uniform in
   :math:`\lambda = -\log s`), ``time_uniform`` or ``time_quadratic`` (uniform in :math:`t` or
-  :math:`\sqrt t`).
-- ``rho``: the exponent :math:`\rho` of the ``edm`` schedule (7 in EDM; larger puts more steps at
-  low noise and approaches ``logsnr``); the other schedules ignore it.
+  :math:`\sqrt t`); None: the method's default.
+- ``rho``: the exponent :math:`\rho` of the ``edm`` schedule (None: 7, as in EDM; larger puts
+  more steps at low noise and approaches ``logsnr``); the other schedules ignore it.
 - ``eps``: the smallest nonzero time :math:`\epsilon`, so :math:`s_{\min} = s(\epsilon)`; defaults to
   ``sde.sampling_eps``.
 - ``s_max``: None (default), or a level strictly between :math:`s(\epsilon)` and :math:`s(T)` to
@@ -40,6 +40,14 @@ inverse depend on the SDE. Since :math:`\alpha(0) = 1`, the result is a sample o
   training score-based generative models", technique 1) put the largest useful noise level near the
   largest distance between two data points; for the paper's SDEs :math:`s(T)` is far above it (VP:
   about 150 for data in :math:`[-1, 1]`).
+- ``levels``: None, or the levels themselves, :math:`s_0 = s(T) > s_1 > \dots > s_{n-1} > 0`
+  (an array ``[n]``; :math:`s_n = 0` follows), in place of all the options above, which must
+  then be left None: for instance levels optimized for a model and a budget by
+  :func:`~sde_jax.sampling.optimize_levels`. Their length is static (a new length compiles
+  again), and the samples are differentiable in them.
+- ``z``: None, or a prior sample :math:`x_T` ``[B, *event]`` to start from instead of a draw with
+  ``key`` (which then only draws the step noise of the stochastic samplers), as ``z`` of
+  :func:`~sde_jax.sampling.ode_sample`: the same start can be solved by several samplers.
 
 Each returns ``(samples [B, *event], nfe)``, ``nfe`` the number of score evaluations per sample
 (int32), and runs as one compiled program (jitted with the score function, the shape and the
@@ -50,6 +58,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sde_jax._checks import (
     check_choice,
@@ -167,24 +176,48 @@ def _levels(sde, schedule, i, n, hi, lo, rho):
 
 
 class Grid:
-    r"""The levels of one sampler call (traced): ``level(i)`` is :math:`s_i`; ``s_top`` is
-    :math:`s(T)`, the prior's level, and ``s_min`` is :math:`s(\epsilon)`, the last nonzero one."""
+    r"""The levels of one sampler call (traced), from :func:`check_levels`'s ``args``:
+    ``level(i)`` is :math:`s_i`; ``n`` the number of levels (a Python int when they are given as
+    ``levels``, whose length is static, so that the loops over them can be differentiated);
+    ``s_top`` is :math:`s(T)`, the prior's level, and ``s_min`` the last nonzero one."""
 
-    def __init__(self, sde, num_steps, eps, rho, schedule="edm", s_max=None):
-        self.sde, self.n, self.eps, self.rho, self.schedule = sde, num_steps, eps, rho, schedule
-        self.s_max = s_max
+    def __init__(self, sde, schedule, args):
+        n, eps, rho, s_max, levels = args
+        self.sde, self.schedule, self.eps, self.rho, self.s_max = sde, schedule, eps, rho, s_max
+        self.levels = levels
         self.s_top = prior_level(sde)
-        self.s_min = noise_to_signal(sde, eps)
+        if levels is None:
+            self.n, self.s_min = n, noise_to_signal(sde, eps)
+        else:
+            self.n, self.s_min = levels.shape[0], levels[-1]
 
     def level(self, i):
+        if self.levels is not None:
+            return jnp.where(i < self.n, self.levels[jnp.minimum(i, self.n - 1)], 0.0)
         return schedule_level(self.sde, self.schedule, i, self.n, self.eps, self.rho, self.s_max)
 
+    def count(self, nfe) -> Array:
+        """``nfe`` (an expression in ``n``) as an int32 array."""
+        return jnp.asarray(nfe, jnp.int32)
 
-def scaled_prior_sample(sde: SDE, key: Array, shape: tuple[int, ...]) -> Array:
-    r"""A prior sample in the scaled variable, :math:`y = x_T/\alpha(T)`."""
+
+def scaled_prior_sample(
+    sde: SDE, key: Array, shape: tuple[int, ...], z: Array | None = None
+) -> Array:
+    r"""A prior sample in the scaled variable, :math:`y = x_T/\alpha(T)`: a draw with ``key``, or
+    the given :math:`x_T` ``z`` (the few-step samplers' ``z`` option)."""
     alpha_t = sde.marginal_coefs(jnp.full((shape[0],), sde.T))[0]
-    x = sde.prior_sampling(key, shape)
+    x = sde.prior_sampling(key, shape) if z is None else z
     return x / batch_broadcast(alpha_t, x)
+
+
+def check_z(z, shape: tuple[int, ...]) -> Array | None:
+    """The few-step samplers' ``z`` as a float32 array of the batch's shape (or None)."""
+    if z is None:
+        return None
+    if tuple(jnp.shape(z)) != tuple(shape):
+        raise ValueError(f"`z` must have shape {tuple(shape)}; got {tuple(jnp.shape(z))}.")
+    return jnp.asarray(z, jnp.float32)
 
 
 def jump_to_s_max(sde: SDE, score_fn: ScoreFn, grid: Grid, y: Array) -> tuple[Array, int]:
@@ -209,24 +242,63 @@ def jump_to_s_max(sde: SDE, score_fn: ScoreFn, grid: Grid, y: Array) -> tuple[Ar
     return ratio * y + (1.0 - ratio) * denoiser(sde, score_fn, y_hat, s_mid), 1
 
 
-def check_levels(sde, shape, eps, num_steps, rho, schedule, s_max):
-    """Checks the options every few-step sampler shares (on the host, before tracing).
+def check_levels(sde, shape, eps, num_steps, rho, schedule, s_max, levels, *, default_steps,
+                 default_schedule):  # fmt: skip
+    """Checks the options every few-step sampler shares (on the host, before tracing); None
+    selects ``default_steps``, ``default_schedule`` and :math:`\rho = 7`.
 
     Returns:
-        ``(shape, eps, num_steps, rho, schedule, s_max)``: the shape as a tuple, the numbers as
-        float32 / int32 arrays (``s_max`` None or float32) and the schedule's name.
+        ``(shape, schedule, args)``: the shape as a tuple, the schedule's name (static) and
+        ``args = (num_steps, eps, rho, s_max, levels)`` for :class:`Grid`, the numbers as float32 /
+        int32 arrays (``s_max`` and ``levels`` None or float32; with ``levels`` the others None).
     """
     check_sde(sde)
+    shape = check_shape(shape)
+    if levels is not None:
+        given = {"num_steps": num_steps, "rho": rho, "schedule": schedule, "eps": eps,
+                 "s_max": s_max}  # fmt: skip
+        clash = sorted(k for k, v in given.items() if v is not None)
+        if clash:
+            raise ValueError(
+                f"`levels` sets every noise level; {clash} cannot be given with it (leave them "
+                "None)."
+            )
+        return shape, default_schedule, (None, None, None, None, check_given_levels(sde, levels))
     eps = check_eps(sde, eps)
-    num_steps = check_int("num_steps", num_steps, 2)
-    return (
-        check_shape(shape),
-        jnp.asarray(eps, jnp.float32),
+    num_steps = check_int("num_steps", default_steps if num_steps is None else num_steps, 2)
+    rho = check_positive("rho", 7.0 if rho is None else rho)
+    schedule = check_choice("schedule", default_schedule if schedule is None else schedule,
+                            SCHEDULES)  # fmt: skip
+    args = (
         jnp.asarray(num_steps, jnp.int32),
-        jnp.asarray(check_positive("rho", rho), jnp.float32),
-        check_choice("schedule", schedule, SCHEDULES),
+        jnp.asarray(eps, jnp.float32),
+        jnp.asarray(rho, jnp.float32),
         _check_s_max(sde, s_max, eps, num_steps),
+        None,
     )
+    return shape, schedule, args
+
+
+def check_given_levels(sde: SDE, levels) -> Array:
+    r"""``levels`` as a float32 array ``[n]`` if it is a valid sequence of noise levels: 1-D,
+    :math:`n \ge 2`, finite, strictly decreasing and positive, starting at :math:`s(T)` (relative
+    tolerance 1e-4), where the prior sample is. Traced values (inside a transformation such as
+    :func:`jax.grad`) are passed as they are: only concrete ones can be checked."""
+    if isinstance(levels, jax.core.Tracer):
+        return levels
+    arr = np.asarray(levels, np.float64)
+    with jax.ensure_compile_time_eval():
+        s_top = float(prior_level(sde))
+    if arr.ndim != 1 or arr.shape[0] < 2:
+        raise ValueError(f"`levels` must be a 1-D sequence of at least 2 noise levels; got shape "
+                         f"{arr.shape}.")  # fmt: skip
+    if not (np.all(np.isfinite(arr)) and np.all(arr > 0) and np.all(np.diff(arr) < 0)):
+        raise ValueError("`levels` must be finite, positive and strictly decreasing.")
+    if abs(arr[0] - s_top) > 1e-4 * s_top:
+        raise ValueError(
+            f"`levels` must start at the prior's level s(T) = {s_top:.6g}; got {arr[0]:.6g}."
+        )
+    return jnp.asarray(arr, jnp.float32)
 
 
 def _check_s_max(sde, s_max, eps, num_steps):

@@ -5,7 +5,7 @@ With :math:`\lambda = -\log s` (half the log-SNR), :math:`h_i = \lambda_{i+1} - 
 :math:`D_i = D(y_i; s_i)`, each step is exact for :math:`D` held at a polynomial extrapolation of
 the last denoiser values, so every step costs one score evaluation: NFE :math:`= n`. The options
 they share with the other few-step samplers (``num_steps``, ``rho``, ``schedule``, ``eps``,
-``s_max``) and their return value are described in :mod:`sde_jax.sampling.levels`.
+``s_max``, ``levels``) and their return value are described in :mod:`sde_jax.sampling.levels`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,14 @@ import jax
 import jax.numpy as jnp
 
 from sde_jax._checks import check_bool
-from sde_jax.sampling.levels import Grid, check_levels, denoiser, jump_to_s_max, scaled_prior_sample
+from sde_jax.sampling.levels import (
+    Grid,
+    check_levels,
+    check_z,
+    denoiser,
+    jump_to_s_max,
+    scaled_prior_sample,
+)
 from sde_jax.sde import SDE, ScoreFn
 
 Array = jax.Array
@@ -28,11 +35,13 @@ def dpm_solver_2m_sample(
     sde: SDE,
     shape: tuple[int, ...],
     *,
-    num_steps: int = 20,
-    rho: float = 7.0,
-    schedule: str = "edm",
+    num_steps: int | None = None,
+    rho: float | None = None,
+    schedule: str | None = None,
     eps: float | None = None,
     s_max: float | None = None,
+    levels: Array | None = None,
+    z: Array | None = None,
 ) -> tuple[Array, Array]:
     r"""DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++: Fast solver for guided sampling of
     diffusion probabilistic models", Algorithm 2).
@@ -47,18 +56,19 @@ def dpm_solver_2m_sample(
     :math:`D_{i-1}` and the last (to :math:`s = 0`, :math:`h = \infty`) no finite :math:`r`, so
     both are first order (:math:`D_i` alone), as in the reference algorithm.
     """
-    shape, eps, n, rho, schedule, s_max = check_levels(
-        sde, shape, eps, num_steps, rho, schedule, s_max
-    )
+    shape, schedule, args = check_levels(
+        sde, shape, eps, num_steps, rho, schedule, s_max, levels,
+        default_steps=20, default_schedule="edm",
+    )  # fmt: skip
     return _dpm_solver_2m_sample(
-        key, sde, n, eps, rho, s_max, score_fn=score_fn, shape=shape, schedule=schedule
+        key, sde, args, check_z(z, shape), score_fn=score_fn, shape=shape, schedule=schedule
     )
 
 
 @functools.partial(jax.jit, static_argnames=("score_fn", "shape", "schedule"))
-def _dpm_solver_2m_sample(key, sde, n, eps, rho, s_max, *, score_fn, shape, schedule):
-    grid = Grid(sde, n, eps, rho, schedule, s_max)
-    y = scaled_prior_sample(sde, key, shape)
+def _dpm_solver_2m_sample(key, sde, args, z0, *, score_fn, shape, schedule):
+    grid = Grid(sde, schedule, args)
+    y = scaled_prior_sample(sde, key, shape, z0)
 
     def step(i, carry):
         y, d_prev, h_prev = carry
@@ -73,8 +83,8 @@ def _dpm_solver_2m_sample(key, sde, n, eps, rho, s_max, *, score_fn, shape, sche
 
     y, first = jump_to_s_max(sde, score_fn, grid, y)
     carry = (y, jnp.zeros_like(y), jnp.zeros((), y.dtype))
-    y, _, _ = jax.lax.fori_loop(first, n - 1, step, carry)
-    return denoiser(sde, score_fn, y, grid.s_min), n.astype(jnp.int32)
+    y, _, _ = jax.lax.fori_loop(first, grid.n - 1, step, carry)
+    return denoiser(sde, score_fn, y, grid.s_min), grid.count(grid.n)
 
 
 # DPM-Solver++(3M) and UniPC: multistep solvers of order up to 3.
@@ -97,10 +107,21 @@ def _safe_div(a, b):
     return jnp.where(b == 0, 0.0, a / jnp.where(b == 0, 1.0, b))
 
 
+def _history(h, h1, h2, k):
+    """``(h1, h2)`` with the log-ratios a step of order ``k`` does not use replaced by ``h``.
+
+    The unused coefficients are computed too (and then not selected); from zero log-ratios their
+    linear systems are singular, and once compiled their determinants need not round to exactly 0,
+    so the gradients of the unselected terms (with respect to the levels) could be 0 * inf. Equal
+    steps keep every system well conditioned and change no used coefficient."""
+    return jnp.where(k >= 2, h1, h), jnp.where(k >= 3, h2, h)
+
+
 def _dpm_3m_coefs(h, h1, h2, k):
     r"""The coefficients :math:`(c_1, c_2)` of :math:`D_i - D_{i-1}` and :math:`D_{i-1} - D_{i-2}`
     in a DPM-Solver++ step of order ``k``: :math:`y' = r y + (1 - r) D_i + c_1 (D_i - D_{i-1}) +
     c_2 (D_{i-1} - D_{i-2})`, :math:`r = e^{-h}`."""
+    h1, h2 = _history(h, h1, h2, k)
     r0, r1 = h1 / h, h2 / h
     phi_2 = jnp.expm1(-h) / h + 1.0
     phi_3 = phi_2 / h - 0.5
@@ -145,6 +166,7 @@ def _unipc_coefs(h, h1, h2, k):
     well (:math:`m \le k`; order 1 takes :math:`1/2`); the weight of a difference is
     :math:`a_j / r_j`.
     """
+    h1, h2 = _history(h, h1, h2, k)
     b1, b2, b3 = _unipc_b(h)
     rk1, rk2 = -h1 / h, -(h1 + h2) / h
     # Predictor.
@@ -177,13 +199,15 @@ def dpm_solver_3m_sample(
     sde: SDE,
     shape: tuple[int, ...],
     *,
-    num_steps: int = 20,
+    num_steps: int | None = None,
     order: int = 3,
     lower_order_final: bool = True,
-    rho: float = 7.0,
-    schedule: str = "logsnr",
+    rho: float | None = None,
+    schedule: str | None = None,
     eps: float | None = None,
     s_max: float | None = None,
+    levels: Array | None = None,
+    z: Array | None = None,
 ) -> tuple[Array, Array]:
     r"""Multistep DPM-Solver++ of order up to 3 (Lu et al. 2022, the multistep third-order update).
 
@@ -207,7 +231,7 @@ def dpm_solver_3m_sample(
     """
     return _multistep(
         key, score_fn, sde, shape, num_steps, order, lower_order_final, rho, schedule, eps, s_max,
-        unipc=False,
+        levels, z, unipc=False,
     )  # fmt: skip
 
 
@@ -217,13 +241,15 @@ def unipc_sample(
     sde: SDE,
     shape: tuple[int, ...],
     *,
-    num_steps: int = 20,
+    num_steps: int | None = None,
     order: int = 3,
     lower_order_final: bool = True,
-    rho: float = 7.0,
-    schedule: str = "logsnr",
+    rho: float | None = None,
+    schedule: str | None = None,
     eps: float | None = None,
     s_max: float | None = None,
+    levels: Array | None = None,
+    z: Array | None = None,
 ) -> tuple[Array, Array]:
     r"""UniPC (Zhao et al. 2023, "UniPC: A unified predictor-corrector framework for fast sampling
     of diffusion models"), the multistep UniP predictor with the UniC corrector, variant bh2
@@ -247,26 +273,25 @@ def unipc_sample(
     """
     return _multistep(
         key, score_fn, sde, shape, num_steps, order, lower_order_final, rho, schedule, eps, s_max,
-        unipc=True,
+        levels, z, unipc=True,
     )  # fmt: skip
 
 
 def _multistep(
-    key, score_fn, sde, shape, num_steps, order, lower_order_final, rho, schedule, eps, s_max, *,
-    unipc,
+    key, score_fn, sde, shape, num_steps, order, lower_order_final, rho, schedule, eps, s_max,
+    levels, z, *, unipc,
 ):  # fmt: skip
     """Checks the arguments of :func:`dpm_solver_3m_sample` / :func:`unipc_sample` and runs
     their shared compiled loop."""
-    shape, eps, n, rho, schedule, s_max = check_levels(
-        sde, shape, eps, num_steps, rho, schedule, s_max
-    )
+    shape, schedule, args = check_levels(
+        sde, shape, eps, num_steps, rho, schedule, s_max, levels,
+        default_steps=20, default_schedule="logsnr",
+    )  # fmt: skip
     return _multistep_sample(
         key,
         sde,
-        n,
-        eps,
-        rho,
-        s_max,
+        args,
+        check_z(z, shape),
         jnp.asarray(_check_order(order), jnp.int32),
         jnp.asarray(check_bool("lower_order_final", lower_order_final)),
         score_fn=score_fn,
@@ -278,11 +303,12 @@ def _multistep(
 
 @functools.partial(jax.jit, static_argnames=("score_fn", "shape", "schedule", "unipc"))
 def _multistep_sample(
-    key, sde, n, eps, rho, s_max, order, lower_order_final, *, score_fn, shape, schedule, unipc
+    key, sde, args, z0, order, lower_order_final, *, score_fn, shape, schedule, unipc
 ):
-    grid = Grid(sde, n, eps, rho, schedule, s_max)
+    grid = Grid(sde, schedule, args)
+    n = grid.n
     denoise = functools.partial(denoiser, sde, score_fn)
-    y, first = jump_to_s_max(sde, score_fn, grid, scaled_prior_sample(sde, key, shape))
+    y, first = jump_to_s_max(sde, score_fn, grid, scaled_prior_sample(sde, key, shape, z0))
     zero, zeros = jnp.zeros((), y.dtype), jnp.zeros_like(y)
 
     def dpm_step(i, carry):
@@ -313,8 +339,8 @@ def _multistep_sample(
 
     if not unipc:
         y, *_ = jax.lax.fori_loop(first, n - 1, dpm_step, (y, zeros, zeros, zero, zero))
-        return denoise(y, grid.s_min), n.astype(jnp.int32)
+        return denoise(y, grid.s_min), grid.count(n)
     carry = (y, denoise(y, grid.level(first)), zeros, zeros, zero, zero)
     _, d, *_ = jax.lax.fori_loop(first, n - 1, unipc_step, carry)
     # d was evaluated at the last predicted point, at s_{n-1} = s_min: it is D(y; s_min) there.
-    return d, n.astype(jnp.int32)
+    return d, grid.count(n)
