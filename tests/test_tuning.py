@@ -49,9 +49,26 @@ def test_given_levels_reproduce_the_schedule(sde_name, method):
     np.testing.assert_allclose(np.asarray(x), np.asarray(x_ref), atol=2e-4, rtol=0)
 
 
+@pytest.mark.parametrize("method", FEW_STEP_METHODS)
+def test_query_levels_equal_to_the_levels_change_nothing(method):
+    """``query_levels`` = ``levels`` is the plain sampler; other query levels change the samples
+    (each step evaluates the denoiser at its query level)."""
+    sde, gm = VESDE(), ring_mixture()
+    levels = _schedule_levels(sde, "logsnr", 6)
+    run = lambda **kw: np.asarray(
+        sample(jax.random.key(1), gm.score_fn(sde), sde, (128, 2), method=method, **kw)[0]
+    )
+    plain = run(levels=levels)
+    np.testing.assert_array_equal(run(levels=levels, query_levels=levels), plain)
+    assert np.max(np.abs(run(levels=levels, query_levels=1.5 * levels) - plain)) > 0.01
+
+
 @pytest.mark.parametrize(
     "options, match",
     [
+        (dict(query_levels=[1.0, 0.5]), "needs `levels`"),
+        (dict(levels="top", query_levels=[1.0, 0.5]), "shape of `levels`"),
+        (dict(levels="top", query_levels=[1.0, 0.0, 0.5]), "finite and positive"),
         (dict(levels=[1.0, 0.5]), "prior's level"),
         (dict(levels=[[1.0, 0.5]]), "1-D"),
         (dict(levels="top-increasing"), "strictly decreasing"),
@@ -62,9 +79,9 @@ def test_given_levels_reproduce_the_schedule(sde_name, method):
 def test_bad_levels_are_refused(options, match):
     sde = VPSDE()
     top = float(prior_level(sde))
-    if options["levels"] == "top":
+    if options.get("levels") == "top":
         options = dict(options, levels=[top, 1.0, 0.1])
-    elif options["levels"] == "top-increasing":
+    elif options.get("levels") == "top-increasing":
         options = dict(options, levels=[top, 0.1, 1.0])
     with pytest.raises(ValueError, match=match):
         sample(
@@ -96,27 +113,29 @@ def test_levels_are_differentiable_at_equal_steps(method):
     sde, gm = VPSDE(), ring_mixture()
     eps = jnp.float32(sde.sampling_eps)
 
-    def loss(theta):
+    def loss(theta, delta):
+        levels = levels_from_weights(sde, theta, eps)
         x, _ = sample(jax.random.key(5), gm.score_fn(sde), sde, (16, 2), method=method,
-                      levels=levels_from_weights(sde, theta, eps))  # fmt: skip
+                      levels=levels, query_levels=levels * jnp.exp(delta))  # fmt: skip
         return jnp.mean(x**2)
 
     for theta in (jnp.zeros(9), jnp.full(9, 0.05).at[::2].set(-0.05)):
-        grad = jax.grad(loss)(theta)
-        assert bool(jnp.all(jnp.isfinite(grad)))
+        grads = jax.grad(loss, argnums=(0, 1))(theta, jnp.zeros(10))
+        assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
 
 
 @pytest.mark.parametrize("sde_name", list(SDES))
 def test_optimized_levels_halve_the_held_out_error(sde_name):
-    """On the ring mixture with its exact score, 5 levels of DPM-Solver++(3M) fitted in 150 Adam
-    steps: valid levels (s(T) first, s(eps) last, decreasing), NFE 5, and the held-out squared
-    distance to the ODE at most half that of the logsnr start."""
+    """On the ring mixture with its exact score, 5 levels of DPM-Solver++(3M) and their query levels
+    fitted in 150 Adam steps: valid levels (s(T) first, s(eps) last, decreasing), NFE 5, and the
+    held-out squared distance to the ODE at most half that of the logsnr start."""
     sde, gm = SDES[sde_name], ring_mixture()
-    levels, report = optimize_levels(
+    fitted, report = optimize_levels(
         jax.random.key(0), gm.score_fn(sde), sde, (512, 2), method="dpm_solver_3m", num_steps=5,
         iterations=150,
     )  # fmt: skip
-    lv = np.asarray(levels)
+    lv = np.asarray(fitted["levels"])
+    assert fitted["query_levels"].shape == (5,) and bool(jnp.all(fitted["query_levels"] > 0))
     assert lv.shape == (5,) and np.all(np.diff(lv) < 0)
     np.testing.assert_allclose(lv[0], float(prior_level(sde)), rtol=1e-5)
     s_min = float(noise_to_signal(sde, jnp.float32(sde.sampling_eps)))

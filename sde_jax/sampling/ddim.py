@@ -1,7 +1,8 @@
 r"""DDIM (Song, Meng & Ermon 2021, "Denoising diffusion implicit models", eq. 12) in :math:`(y, s)`.
 
 The options it shares with the other few-step samplers (``num_steps``, ``rho``, ``schedule``,
-``eps``, ``s_max``, ``levels``, ``z``) and its return value are described in :mod:`sde_jax.sampling.levels`.
+``eps``, ``s_max``, ``levels``, ``query_levels``, ``z``) and its return value are
+described in :mod:`sde_jax.sampling.levels`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def ddim_sample(
     eps: float | None = None,
     s_max: float | None = None,
     levels: Array | None = None,
+    query_levels: Array | None = None,
     z: Array | None = None,
 ) -> tuple[Array, Array]:
     r"""DDIM with stochasticity :math:`\eta`; NFE :math:`= n`.
@@ -56,7 +58,7 @@ def ddim_sample(
         eta: :math:`\eta \in [0, 1]`; ``key`` also draws the step noise when it is positive.
     """
     shape, schedule, args = check_levels(
-        sde, shape, eps, num_steps, rho, schedule, s_max, levels,
+        sde, shape, eps, num_steps, rho, schedule, s_max, levels, query_levels,
         default_steps=50, default_schedule="edm",
     )  # fmt: skip
     if not 0.0 <= eta <= 1.0:
@@ -81,7 +83,7 @@ def _ddim_sample(key, sde, args, z0, eta, *, score_fn, shape, schedule):
 
     def step(i, y):
         s, s_next = grid.level(i), grid.level(i + 1)
-        d = denoiser(sde, score_fn, y, s)
+        d = denoiser(sde, score_fn, y, grid.query(i, s))
         kept = 1.0 - (s_next / s) ** 2
         c = eta * s_next * jnp.sqrt(kept)
         z = jax.random.normal(jax.random.fold_in(k_loop, i), y.shape, y.dtype)
@@ -90,4 +92,4 @@ def _ddim_sample(key, sde, args, z0, eta, *, score_fn, shape, schedule):
 
     y, first = jump_to_s_max(sde, score_fn, grid, y)
     y = jax.lax.fori_loop(first, grid.n - 1, step, y)
-    return denoiser(sde, score_fn, y, grid.s_min), grid.count(grid.n)
+    return denoiser(sde, score_fn, y, grid.query(grid.n - 1, grid.s_min)), grid.count(grid.n)

@@ -2,7 +2,8 @@ r"""EDM samplers (Karras et al. 2022): Heun's method on the probability-flow ODE
 deterministic (Algorithm 1) or with churn (Algorithm 2).
 
 The options they share with the other few-step samplers (``num_steps``, ``rho``, ``schedule``,
-``eps``, ``s_max``, ``levels``, ``z``) and their return value are described in :mod:`sde_jax.sampling.levels`.
+``eps``, ``s_max``, ``levels``, ``query_levels``, ``z``) and their return value are
+described in :mod:`sde_jax.sampling.levels`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def edm_heun_sample(
     eps: float | None = None,
     s_max: float | None = None,
     levels: Array | None = None,
+    query_levels: Array | None = None,
     z: Array | None = None,
 ) -> tuple[Array, Array]:
     r"""Deterministic sampling with Heun's method (Karras et al. 2022, Algorithm 1).
@@ -47,7 +49,9 @@ def edm_heun_sample(
     at the new point, except for the last step (to :math:`s = 0`), which is an Euler step. NFE:
     :math:`2n - 1`, or :math:`2n - 2` with ``s_max`` (its jump is one evaluation).
     """
-    shape, schedule, args = _check(sde, shape, eps, num_steps, rho, schedule, s_max, levels)
+    shape, schedule, args = _check(
+        sde, shape, eps, num_steps, rho, schedule, s_max, levels, query_levels
+    )
     zero = jnp.zeros((), jnp.float32)
     return _edm_sample(
         key, sde, args, check_z(z, shape), zero, zero, zero, zero,
@@ -71,6 +75,7 @@ def edm_stochastic_sample(
     eps: float | None = None,
     s_max: float | None = None,
     levels: Array | None = None,
+    query_levels: Array | None = None,
     z: Array | None = None,
 ) -> tuple[Array, Array]:
     r"""Stochastic sampling of Karras et al. 2022 (Algorithm 2): Heun steps with churn.
@@ -91,7 +96,9 @@ def edm_stochastic_sample(
         s_noise: :math:`S_\text{noise}`, the scale of the added noise (slightly above 1 in EDM to
             offset a denoiser's bias; 1 for an exact score).
     """
-    shape, schedule, args = _check(sde, shape, eps, num_steps, rho, schedule, s_max, levels)
+    shape, schedule, args = _check(
+        sde, shape, eps, num_steps, rho, schedule, s_max, levels, query_levels
+    )
     for name, v in (("s_churn", s_churn), ("s_tmin", s_tmin), ("s_noise", s_noise)):
         if not v >= 0:
             raise ValueError(f"`{name}` must be >= 0; got {v!r}.")
@@ -104,9 +111,9 @@ def edm_stochastic_sample(
     )  # fmt: skip
 
 
-def _check(sde, shape, eps, num_steps, rho, schedule, s_max, levels):
+def _check(sde, shape, eps, num_steps, rho, schedule, s_max, levels, query_levels):
     return check_levels(
-        sde, shape, eps, num_steps, rho, schedule, s_max, levels,
+        sde, shape, eps, num_steps, rho, schedule, s_max, levels, query_levels,
         default_steps=18, default_schedule="edm",
     )  # fmt: skip
 
@@ -136,9 +143,9 @@ def _edm_sample(
     def heun_step(i, y):
         y, s = raise_noise(i, y, grid.level(i))
         s_next = grid.level(i + 1)
-        d = (y - denoise(y, s)) / s
+        d = (y - denoise(y, grid.query(i, s))) / s
         y_euler = y + (s_next - s) * d
-        d_next = (y_euler - denoise(y_euler, s_next)) / s_next
+        d_next = (y_euler - denoise(y_euler, grid.query(i + 1, s_next))) / s_next
         return y + (s_next - s) * 0.5 * (d + d_next)
 
     # With s_max, one evaluation (not Heun's two) jumps to it; no churn at s_0 = s(T), the cap.
@@ -146,4 +153,4 @@ def _edm_sample(
     y = jax.lax.fori_loop(first, n - 1, heun_step, y)
     # The last step, to s = 0, is Euler's: y + (0 - s) (y - D) / s = D.
     y, s = raise_noise(n - 1, y, grid.s_min)
-    return denoise(y, s), grid.count(2 * n - 1 - first)
+    return denoise(y, grid.query(n - 1, s)), grid.count(2 * n - 1 - first)

@@ -45,6 +45,13 @@ inverse depend on the SDE. Since :math:`\alpha(0) = 1`, the result is a sample o
   then be left None: for instance levels optimized for a model and a budget by
   :func:`~sde_jax.sampling.optimize_levels`. Their length is static (a new length compiles
   again), and the samples are differentiable in them.
+- ``query_levels``: None, or with ``levels`` the levels :math:`q_i` ``[n]`` at which the steps
+  evaluate the denoiser: the step at :math:`s_i` uses :math:`D(y; q_i)` in place of
+  :math:`D(y; s_i)` (and a second evaluation at :math:`s_{i+1}`, Heun's or UniPC's, uses
+  :math:`q_{i+1}`), the update itself still going from :math:`s_i` to :math:`s_{i+1}`. Evaluating
+  the denoiser a little off its step's level corrects the bias a coarse step leaves in
+  :math:`y`, as the time-shift and compensation samplers of the literature do; both sequences are
+  fitted to a model by :func:`~sde_jax.sampling.optimize_levels`.
 - ``z``: None, or a prior sample :math:`x_T` ``[B, *event]`` to start from instead of a draw with
   ``key`` (which then only draws the step noise of the stochastic samplers), as ``z`` of
   :func:`~sde_jax.sampling.ode_sample`: the same start can be solved by several samplers.
@@ -182,9 +189,9 @@ class Grid:
     ``s_top`` is :math:`s(T)`, the prior's level, and ``s_min`` the last nonzero one."""
 
     def __init__(self, sde, schedule, args):
-        n, eps, rho, s_max, levels = args
+        n, eps, rho, s_max, levels, queries = args
         self.sde, self.schedule, self.eps, self.rho, self.s_max = sde, schedule, eps, rho, s_max
-        self.levels = levels
+        self.levels, self.queries = levels, queries
         self.s_top = prior_level(sde)
         if levels is None:
             self.n, self.s_min = n, noise_to_signal(sde, eps)
@@ -195,6 +202,14 @@ class Grid:
         if self.levels is not None:
             return jnp.where(i < self.n, self.levels[jnp.minimum(i, self.n - 1)], 0.0)
         return schedule_level(self.sde, self.schedule, i, self.n, self.eps, self.rho, self.s_max)
+
+    def query(self, i, s):
+        r"""The level at which step ``i``, at level ``s``, evaluates the denoiser: ``s``, or
+        ``s`` times :math:`q_i/s_i` with ``query_levels``."""
+        if self.queries is None:
+            return s
+        i = jnp.minimum(i, self.n - 1)
+        return s * (self.queries[i] / self.levels[i])
 
     def count(self, nfe) -> Array:
         """``nfe`` (an expression in ``n``) as an int32 array."""
@@ -242,15 +257,16 @@ def jump_to_s_max(sde: SDE, score_fn: ScoreFn, grid: Grid, y: Array) -> tuple[Ar
     return ratio * y + (1.0 - ratio) * denoiser(sde, score_fn, y_hat, s_mid), 1
 
 
-def check_levels(sde, shape, eps, num_steps, rho, schedule, s_max, levels, *, default_steps,
-                 default_schedule):  # fmt: skip
+def check_levels(sde, shape, eps, num_steps, rho, schedule, s_max, levels, query_levels=None, *,
+                 default_steps, default_schedule):  # fmt: skip
     """Checks the options every few-step sampler shares (on the host, before tracing); None
     selects ``default_steps``, ``default_schedule`` and :math:`\rho = 7`.
 
     Returns:
         ``(shape, schedule, args)``: the shape as a tuple, the schedule's name (static) and
-        ``args = (num_steps, eps, rho, s_max, levels)`` for :class:`Grid`, the numbers as float32 /
-        int32 arrays (``s_max`` and ``levels`` None or float32; with ``levels`` the others None).
+        ``args = (num_steps, eps, rho, s_max, levels, query_levels)`` for :class:`Grid`, the
+        numbers as float32 / int32 arrays (``s_max`` and the levels None or float32; with
+        ``levels`` the first four None).
     """
     check_sde(sde)
     shape = check_shape(shape)
@@ -263,7 +279,11 @@ def check_levels(sde, shape, eps, num_steps, rho, schedule, s_max, levels, *, de
                 f"`levels` sets every noise level; {clash} cannot be given with it (leave them "
                 "None)."
             )
-        return shape, default_schedule, (None, None, None, None, check_given_levels(sde, levels))
+        levels = check_given_levels(sde, levels)
+        queries = _check_query_levels(query_levels, levels)
+        return shape, default_schedule, (None, None, None, None, levels, queries)
+    if query_levels is not None:
+        raise ValueError("`query_levels` needs `levels`: give both, or neither.")
     eps = check_eps(sde, eps)
     num_steps = check_int("num_steps", default_steps if num_steps is None else num_steps, 2)
     rho = check_positive("rho", 7.0 if rho is None else rho)
@@ -274,6 +294,7 @@ def check_levels(sde, shape, eps, num_steps, rho, schedule, s_max, levels, *, de
         jnp.asarray(eps, jnp.float32),
         jnp.asarray(rho, jnp.float32),
         _check_s_max(sde, s_max, eps, num_steps),
+        None,
         None,
     )
     return shape, schedule, args
@@ -298,6 +319,21 @@ def check_given_levels(sde: SDE, levels) -> Array:
         raise ValueError(
             f"`levels` must start at the prior's level s(T) = {s_top:.6g}; got {arr[0]:.6g}."
         )
+    return jnp.asarray(arr, jnp.float32)
+
+
+def _check_query_levels(query_levels, levels):
+    """``query_levels`` as a float32 array shaped like ``levels`` (or None): positive and finite."""
+    if query_levels is None or isinstance(query_levels, jax.core.Tracer):
+        return query_levels
+    arr = np.asarray(query_levels, np.float64)
+    if arr.shape != tuple(levels.shape):
+        raise ValueError(
+            f"`query_levels` must have the shape of `levels`, {tuple(levels.shape)}; got "
+            f"{arr.shape}."
+        )
+    if not (np.all(np.isfinite(arr)) and np.all(arr > 0)):
+        raise ValueError("`query_levels` must be finite and positive.")
     return jnp.asarray(arr, jnp.float32)
 
 

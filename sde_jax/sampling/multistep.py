@@ -5,7 +5,8 @@ With :math:`\lambda = -\log s` (half the log-SNR), :math:`h_i = \lambda_{i+1} - 
 :math:`D_i = D(y_i; s_i)`, each step is exact for :math:`D` held at a polynomial extrapolation of
 the last denoiser values, so every step costs one score evaluation: NFE :math:`= n`. The options
 they share with the other few-step samplers (``num_steps``, ``rho``, ``schedule``, ``eps``,
-``s_max``, ``levels``) and their return value are described in :mod:`sde_jax.sampling.levels`.
+``s_max``, ``levels``, ``query_levels``, ``z``) and their return value are described in
+:mod:`sde_jax.sampling.levels`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def dpm_solver_2m_sample(
     eps: float | None = None,
     s_max: float | None = None,
     levels: Array | None = None,
+    query_levels: Array | None = None,
     z: Array | None = None,
 ) -> tuple[Array, Array]:
     r"""DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++: Fast solver for guided sampling of
@@ -57,7 +59,7 @@ def dpm_solver_2m_sample(
     both are first order (:math:`D_i` alone), as in the reference algorithm.
     """
     shape, schedule, args = check_levels(
-        sde, shape, eps, num_steps, rho, schedule, s_max, levels,
+        sde, shape, eps, num_steps, rho, schedule, s_max, levels, query_levels,
         default_steps=20, default_schedule="edm",
     )  # fmt: skip
     return _dpm_solver_2m_sample(
@@ -73,7 +75,7 @@ def _dpm_solver_2m_sample(key, sde, args, z0, *, score_fn, shape, schedule):
     def step(i, carry):
         y, d_prev, h_prev = carry
         s, s_next = grid.level(i), grid.level(i + 1)
-        d = denoiser(sde, score_fn, y, s)
+        d = denoiser(sde, score_fn, y, grid.query(i, s))
         h = jnp.log(s / s_next)
         # r = h_prev / h; the first step (h_prev = 0 marks it) is first order.
         half_inv_r = jnp.where(h_prev == 0, 0.0, 0.5 * h / jnp.where(h_prev == 0, 1.0, h_prev))
@@ -84,7 +86,7 @@ def _dpm_solver_2m_sample(key, sde, args, z0, *, score_fn, shape, schedule):
     y, first = jump_to_s_max(sde, score_fn, grid, y)
     carry = (y, jnp.zeros_like(y), jnp.zeros((), y.dtype))
     y, _, _ = jax.lax.fori_loop(first, grid.n - 1, step, carry)
-    return denoiser(sde, score_fn, y, grid.s_min), grid.count(grid.n)
+    return denoiser(sde, score_fn, y, grid.query(grid.n - 1, grid.s_min)), grid.count(grid.n)
 
 
 # DPM-Solver++(3M) and UniPC: multistep solvers of order up to 3.
@@ -207,6 +209,7 @@ def dpm_solver_3m_sample(
     eps: float | None = None,
     s_max: float | None = None,
     levels: Array | None = None,
+    query_levels: Array | None = None,
     z: Array | None = None,
 ) -> tuple[Array, Array]:
     r"""Multistep DPM-Solver++ of order up to 3 (Lu et al. 2022, the multistep third-order update).
@@ -231,7 +234,7 @@ def dpm_solver_3m_sample(
     """
     return _multistep(
         key, score_fn, sde, shape, num_steps, order, lower_order_final, rho, schedule, eps, s_max,
-        levels, z, unipc=False,
+        levels, query_levels, z, unipc=False,
     )  # fmt: skip
 
 
@@ -249,6 +252,7 @@ def unipc_sample(
     eps: float | None = None,
     s_max: float | None = None,
     levels: Array | None = None,
+    query_levels: Array | None = None,
     z: Array | None = None,
 ) -> tuple[Array, Array]:
     r"""UniPC (Zhao et al. 2023, "UniPC: A unified predictor-corrector framework for fast sampling
@@ -273,18 +277,18 @@ def unipc_sample(
     """
     return _multistep(
         key, score_fn, sde, shape, num_steps, order, lower_order_final, rho, schedule, eps, s_max,
-        levels, z, unipc=True,
+        levels, query_levels, z, unipc=True,
     )  # fmt: skip
 
 
 def _multistep(
     key, score_fn, sde, shape, num_steps, order, lower_order_final, rho, schedule, eps, s_max,
-    levels, z, *, unipc,
+    levels, query_levels, z, *, unipc,
 ):  # fmt: skip
     """Checks the arguments of :func:`dpm_solver_3m_sample` / :func:`unipc_sample` and runs
     their shared compiled loop."""
     shape, schedule, args = check_levels(
-        sde, shape, eps, num_steps, rho, schedule, s_max, levels,
+        sde, shape, eps, num_steps, rho, schedule, s_max, levels, query_levels,
         default_steps=20, default_schedule="logsnr",
     )  # fmt: skip
     return _multistep_sample(
@@ -315,7 +319,7 @@ def _multistep_sample(
         # d1, d2: D at steps i-1, i-2; h1, h2: the log-ratios of those steps.
         y, d1, d2, h1, h2 = carry
         s, s_next = grid.level(i), grid.level(i + 1)
-        d0 = denoise(y, s)
+        d0 = denoise(y, grid.query(i, s))
         h = jnp.log(s / s_next)
         c1, c2 = _dpm_3m_coefs(h, h1, h2, _step_order(i, first, n, order, lower_order_final))
         ratio = s_next / s
@@ -333,14 +337,14 @@ def _multistep_sample(
         )
         base = ratio * y + (1.0 - ratio) * d0
         y_pred = base + (1.0 - ratio) * (p1 * (d1 - d0) + p2 * (d2 - d0))
-        d_new = denoise(y_pred, s_next)
+        d_new = denoise(y_pred, grid.query(i + 1, s_next))
         y_next = base + (1.0 - ratio) * (q1 * (d1 - d0) + q2 * (d2 - d0) + q0 * (d_new - d0))
         return y_next, d_new, d0, d1, h, h1
 
     if not unipc:
         y, *_ = jax.lax.fori_loop(first, n - 1, dpm_step, (y, zeros, zeros, zero, zero))
-        return denoise(y, grid.s_min), grid.count(n)
-    carry = (y, denoise(y, grid.level(first)), zeros, zeros, zero, zero)
+        return denoise(y, grid.query(n - 1, grid.s_min)), grid.count(n)
+    carry = (y, denoise(y, grid.query(first, grid.level(first))), zeros, zeros, zero, zero)
     _, d, *_ = jax.lax.fori_loop(first, n - 1, unipc_step, carry)
     # d was evaluated at the last predicted point, at s_{n-1} = s_min: it is D(y; s_min) there.
     return d, grid.count(n)

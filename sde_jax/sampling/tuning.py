@@ -1,32 +1,35 @@
-r"""Noise levels optimized for one model, one sampler and one budget.
+r"""Noise levels fitted to one model, one sampler and one budget.
 
 A few-step sampler with :math:`n` levels (:mod:`sde_jax.sampling.levels`) maps each prior sample
 :math:`y_T` to a sample through a fixed chain of :math:`n` denoiser calls; how close that map is to
-the probability-flow ODE's depends on where the levels are, and the best places depend on the
-model (where its denoiser bends) and on :math:`n`. :func:`optimize_levels` picks them by gradient
-descent on the distance to the ODE's own solution, as LD3 does (Tong et al. 2025, "Learning to
-discretize denoising diffusion ODEs"):
+the probability-flow ODE's depends on where the steps are and on the bias each coarse step leaves,
+and both depend on the model (where its denoiser bends) and on :math:`n`. :func:`optimize_levels`
+fits the step levels :math:`s_i` and the levels :math:`q_i` at which each step evaluates the
+denoiser (the samplers' ``levels`` and ``query_levels``) by gradient descent on the distance to the
+ODE's own solution from the same prior samples, as LD3 does for the steps (Tong et al. 2025,
+"Learning to discretize denoising diffusion ODEs"):
 
-.. math:: \min_{s_1 > \dots > s_{n-1}}\ \frac{1}{M}\sum_{m=1}^{M}
-          \frac{\lVert \Phi_{s}(y_T^{(m)}) - \Phi_{\mathrm{ODE}}(y_T^{(m)}) \rVert^2}{d},
+.. math:: \min_{s, q}\ \frac{1}{M}\sum_{m=1}^{M}
+          \frac{\lVert \Phi_{s,q}(y_T^{(m)}) - \Phi_{\mathrm{ODE}}(y_T^{(m)}) \rVert^2}{d},
 
-with :math:`\Phi_s` the sampler on levels :math:`s_0 = s(T) > s_1 > \dots > s_{n-1} =
+with :math:`\Phi_{s,q}` the sampler on levels :math:`s_0 = s(T) > s_1 > \dots > s_{n-1} =
 s(\epsilon)` (then 0), :math:`\Phi_{\mathrm{ODE}}` an adaptive Dopri5 solve of the same ODE
 (:func:`teacher_solve`) to :math:`s(\epsilon)` followed by the same final denoising step, and
-:math:`d` the event size. Both ends stay fixed: a free last level would let the fit stop early,
-since the posterior mean :math:`D(y; s)` at a larger :math:`s` is closer in mean square to any
-target and too concentrated as a sample (measured on the ring mixture, VP, 10 levels: with a free
-last level DPM-Solver++(2M) stopped at :math:`s = 0.16` and its samples' log-density gap was
-+0.35; with the last level fixed, DPM-Solver++(3M)'s was -0.065). The inner levels are parametrized as
-:math:`\lambda_i = -\log s_i = \lambda_T + (\lambda_\epsilon - \lambda_T)\sum_{j \le i}
-\operatorname{softmax}(\theta)_j` (:math:`n - 1` weights, one per step), so any :math:`\theta`
-gives valid levels; the start, :math:`\theta = 0`, is the ``logsnr`` schedule. Nothing is needed
-beyond the score: the gradient flows through the sampler's own compiled loop (its length is
-static when ``levels`` is given). A quarter of the prior samples are held out and their loss is
-reported before and after, so an over-fitted schedule would show.
+:math:`d` the event size. Both ends of the steps stay fixed: a free last level would let the fit
+stop early, since the posterior mean :math:`D(y; s)` at a larger :math:`s` is closer in mean square
+to any target and too concentrated as a sample (measured on the ring mixture, VP, 10 levels, steps
+only: with a free last level DPM-Solver++(2M) stopped at :math:`s = 0.16` and its samples'
+log-density gap was +0.35; with the last level fixed, DPM-Solver++(3M)'s was -0.065, and with the
+query levels fitted as well -0.003). The inner levels are :math:`\lambda_i = -\log s_i =
+\lambda_T + (\lambda_\epsilon - \lambda_T)\sum_{j \le i}\operatorname{softmax}(\theta)_j`
+(:math:`n - 1` weights, one per step), so any :math:`\theta` gives valid levels, and
+:math:`q_i = s_i e^{\delta_i}`; the start, :math:`\theta = \delta = 0`, is the ``logsnr``
+schedule. Nothing is needed beyond the score: the gradient flows through the sampler's own
+compiled loop (its length is static when ``levels`` is given). A quarter of the prior samples are
+held out and their loss is reported before and after, so an over-fitted schedule would show.
 
-The result is an array of levels for the sampler's ``levels`` option, for the same method and
-method options; the NFE is the method's for :math:`n` levels (``edm_heun``: :math:`2n - 1`, the
+The result is a dict of the sampler's options ``levels`` and ``query_levels``, for the same method
+and method options; the NFE is the method's for :math:`n` levels (``edm_heun``: :math:`2n - 1`, the
 others :math:`n`).
 """
 
@@ -40,7 +43,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sde_jax._checks import check_choice, check_eps, check_int, check_positive, check_sde
+from sde_jax._checks import (
+    check_bool,
+    check_choice,
+    check_eps,
+    check_int,
+    check_positive,
+    check_sde,
+)
 from sde_jax.sampling.levels import denoiser, noise_to_signal, prior_level, scaled_prior_sample
 from sde_jax.sampling.methods import sample
 from sde_jax.sampling.ode import solve_ode
@@ -99,12 +109,13 @@ def optimize_levels(
     method: str,
     num_steps: int,
     eps: float | None = None,
-    iterations: int = 300,
+    fit_queries: bool = True,
+    iterations: int = 2000,
     learning_rate: float = 0.05,
     rtol: float = 1e-5,
     atol: float = 1e-5,
     **options: Any,
-) -> tuple[Array, dict[str, Any]]:
+) -> tuple[dict[str, Array], dict[str, Any]]:
     r"""Levels for ``method`` with ``num_steps`` levels, fitted to ``score_fn`` (see the module).
 
     Args:
@@ -116,26 +127,32 @@ def optimize_levels(
         num_steps: the number of levels :math:`n \ge 2`.
         eps: the smallest time: the last level is :math:`s(\epsilon)`, where the teacher ends
             too (default ``sde.sampling_eps``).
-        iterations: Adam steps on the full fitting set.
-        learning_rate: Adam's step size on :math:`\theta`.
+        fit_queries: fit the query levels :math:`q` too; False fits the steps alone.
+        iterations: Adam steps on the full fitting set; the parameters with the lowest fitting
+            loss seen are kept.
+        learning_rate: Adam's step size on :math:`(\theta, \delta)`.
         rtol, atol: the teacher's tolerances.
         **options: the method's other options (``order``, ``lower_order_final``; ``eta`` must be 0
-            if given); not ``num_steps``, ``rho``, ``schedule``, ``s_max``, ``levels`` or ``z``.
+            if given); not those of the levels or ``z``.
 
     Returns:
-        ``(levels [n], report)``: float32 levels for the method's ``levels`` option, and a dict of
-        the run: the mean squared distance to the teacher on the fitting and the held-out samples
-        at the start (the ``logsnr`` schedule) and at the end, the teacher's NFE, the sampler's
-        NFE and the seconds taken.
+        ``(fitted, report)``: ``fitted`` the sampler options ``{"levels": [n], "query_levels":
+        [n]}`` (float32; without ``query_levels`` when ``fit_queries`` is False), to pass as
+        ``sample(..., method=method, **options, **fitted)``; ``report`` a dict of the run (plain
+        numbers): the mean squared distance to the teacher on the fitting and held-out samples at
+        the start (the ``logsnr`` schedule) and the end, the teacher's and the sampler's NFE, and
+        the seconds taken.
     """
     check_sde(sde)
     check_choice("method", method, TUNABLE_METHODS)
     n = check_int("num_steps", num_steps, 2)
     check_int("iterations", iterations, 1)
     check_positive("learning_rate", learning_rate)
+    check_bool("fit_queries", fit_queries)
     if len(shape) < 2 or shape[0] < 4:
         raise ValueError(f"`shape` must be (M, *event) with M >= 4 samples; got {shape}.")
-    taken = sorted(set(options) & {"num_steps", "rho", "schedule", "s_max", "levels", "eps", "z"})
+    own = {"num_steps", "rho", "schedule", "s_max", "levels", "query_levels", "eps", "z"}
+    taken = sorted(set(options) & own)
     if taken:
         raise ValueError(f"`optimize_levels` sets {taken} itself; do not pass them as options.")
     if options.get("eta", 0.0) != 0.0:
@@ -144,41 +161,48 @@ def optimize_levels(
     start = time.perf_counter()
     n_fit = shape[0] - shape[0] // 4
     z = sde.prior_sampling(key, shape)
-    s_min = noise_to_signal(sde, eps)
     teacher, teacher_nfe = jax.jit(
         functools.partial(teacher_solve, score_fn, sde, rtol=rtol, atol=atol)
-    )(scaled_prior_sample(sde, key, shape, z), s_min)
+    )(scaled_prior_sample(sde, key, shape, z), noise_to_signal(sde, eps))
     # The sampler starts from the teacher's prior samples (its `z`).
     sampler = functools.partial(sample, key, score_fn, sde, shape, method=method, z=z, **options)
 
-    def losses(theta):
-        x, _ = sampler(levels=levels_from_weights(sde, theta, eps))
+    def fitted(params):
+        theta, delta = params
+        levels = levels_from_weights(sde, theta, eps)
+        if not fit_queries:
+            return {"levels": levels}
+        return {"levels": levels, "query_levels": levels * jnp.exp(delta)}
+
+    def losses(params):
+        x, _ = sampler(**fitted(params))
         err = jnp.mean(jnp.reshape((x - teacher) ** 2, (shape[0], -1)), axis=1)
         return jnp.mean(err[:n_fit]), jnp.mean(err[n_fit:])
 
-    theta = jnp.zeros((n - 1,), jnp.float32)
+    params = (jnp.zeros((n - 1,), jnp.float32), jnp.zeros((n,), jnp.float32))
     optimizer = optax.adam(learning_rate)
 
     @jax.jit
-    def step(theta, opt_state):
-        (fit, held), grads = jax.value_and_grad(losses, has_aux=True)(theta)
+    def step(params, opt_state):
+        (fit, _), grads = jax.value_and_grad(losses, has_aux=True)(params)
         updates, opt_state = optimizer.update(grads, opt_state)
-        return optax.apply_updates(theta, updates), opt_state, fit, held
+        return optax.apply_updates(params, updates), opt_state, fit
 
-    first_fit, first_held = jax.jit(losses)(theta)
-    opt_state, best, best_fit = optimizer.init(theta), theta, float(first_fit)
+    first_fit, first_held = jax.jit(losses)(params)
+    opt_state, best, best_fit = optimizer.init(params), params, float(first_fit)
     for _ in range(iterations):
-        new_theta, opt_state, fit, _ = step(theta, opt_state)
-        if float(fit) < best_fit:  # the loss at `theta`, before this update
-            best, best_fit = theta, float(fit)
-        theta = new_theta
-    levels = levels_from_weights(sde, best, eps)
+        new_params, opt_state, fit = step(params, opt_state)
+        if float(fit) < best_fit:  # the loss at `params`, before this update
+            best, best_fit = params, float(fit)
+        params = new_params
+    result = jax.jit(fitted)(best)
     fit, held = jax.jit(losses)(best)
-    _, nfe = sampler(levels=levels)
+    _, nfe = sampler(**result)
     report = {
         "method": method,
         "options": dict(options),
         "num_levels": n,
+        "fit_queries": fit_queries,
         "nfe": int(nfe),
         "fit_samples": n_fit,
         "held_out_samples": shape[0] - n_fit,
@@ -190,4 +214,4 @@ def optimize_levels(
         "loss_end": {"fit": float(fit), "held_out": float(held)},
         "seconds": time.perf_counter() - start,
     }
-    return levels, report
+    return result, report
