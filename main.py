@@ -2,6 +2,8 @@
 
   python main.py --mode=train --config=configs/digits.py --workdir=runs/digits
   python main.py --mode=sample --config=configs/digits.py --workdir=runs/digits
+  python main.py --mode=fit_levels --config=configs/digits.py --workdir=runs/digits \
+      --config.sampling.method=dpm_solver_3m --config.sampling.num_steps=10
   python main.py --mode=eval --config=configs/digits.py --workdir=runs/digits
   python main.py --mode=fid_stats --config=configs/vp_cifar10.py
 
@@ -25,9 +27,14 @@ flags.DEFINE_string(
     "workdir", None, "Run directory: checkpoints, logs, samples, reports (not used by fid_stats)."
 )
 flags.DEFINE_enum(
-    "mode", None, ["train", "sample", "eval", "fid_stats", "train_classifier"], "What to do."
+    "mode",
+    None,
+    ["train", "sample", "eval", "fid_stats", "train_classifier", "fit_levels"],
+    "What to do.",
 )
-flags.DEFINE_integer("step", None, "Checkpoint step for --mode=sample (default: the newest).")
+flags.DEFINE_integer(
+    "step", None, "Checkpoint step for --mode=sample and fit_levels (default: the newest)."
+)
 flags.DEFINE_integer(
     "num_processes",
     1,
@@ -85,6 +92,7 @@ def run(argv):
     from sde_jax.programs.distributed import check_same_run, initialize
     from sde_jax.programs.evaluate import run_eval_mode
     from sde_jax.programs.experiment import Experiment
+    from sde_jax.programs.fitted_levels import run_fit_levels_mode
     from sde_jax.programs.quality import run_fid_stats_mode
     from sde_jax.programs.sample import run_sample_mode
     from sde_jax.programs.train import run_train_mode
@@ -104,6 +112,8 @@ def run(argv):
         run_train_mode(exp, FLAGS.workdir)
     elif FLAGS.mode == "sample":
         run_sample_mode(exp, FLAGS.workdir, step=FLAGS.step)
+    elif FLAGS.mode == "fit_levels":
+        run_fit_levels_mode(exp, FLAGS.workdir, step=FLAGS.step)
     elif FLAGS.mode == "fid_stats":
         run_fid_stats_mode(exp)
     else:

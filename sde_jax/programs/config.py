@@ -263,6 +263,11 @@ class SamplingConfig:
     eta: float = 0.0
     num_samples: int = 64
     batch_size: int = 64
+    # Levels fitted to the model (--mode=fit_levels; sde_jax.programs.fitted_levels): use them
+    # when present, and the fit's prior samples and Adam steps.
+    fitted_levels: bool = True
+    fit_samples: int = 128
+    fit_iterations: int = 200
     # Controllable generation (--mode=sample, see sde_jax.programs.conditional_sample): the task, its input
     # images (PNG file or folder, .npz, or a data-set split name), the mask (PNG/.npy or a name),
     # completions per input, Langevin steps at t = eps before the final denoising, the class and
@@ -328,6 +333,15 @@ class SamplingConfig:
             )
         if not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"config.sampling.eta must lie in [0, 1]; got {self.eta!r}")
+        if not isinstance(self.fitted_levels, bool):
+            raise ValueError(
+                f"config.sampling.fitted_levels must be a bool; got {self.fitted_levels!r}"
+            )
+        if not isinstance(self.fit_samples, int) or self.fit_samples < 4:
+            raise ValueError(
+                f"config.sampling.fit_samples must be an int >= 4; got {self.fit_samples!r}"
+            )
+        _check_positive("sampling", "fit_iterations", self.fit_iterations)
         if self.method in few_step and not self.noise_removal:
             raise ValueError(
                 f"config.sampling.noise_removal=False applies to 'pc' and 'ode' only; method "

@@ -10,6 +10,7 @@ import numpy as np
 from sde_jax.programs.checkpoint import restore_ema
 from sde_jax.programs.conditional_sample import run_task
 from sde_jax.programs.experiment import Experiment
+from sde_jax.programs.fitted_levels import load_fitted_levels
 from sde_jax.programs.images import save_grid, to_uint8_rounded
 from sde_jax.programs.sampler import (
     check_output_dir,
@@ -29,7 +30,9 @@ def run_sample_mode(exp: Experiment, workdir: str, *, step: int | None = None) -
 
     Writes ``<workdir>/samples/step_<step>/samples.npz`` (uint8 ``images`` ``[N, H, W, C]`` and the
     ``nfe``) and ``grid.png``; returns that directory. A ``config.sampling.task`` other than
-    ``unconditional`` runs :func:`sde_jax.programs.conditional_sample.run_task`.
+    ``unconditional`` runs :func:`sde_jax.programs.conditional_sample.run_task`. Levels fitted
+    by ``--mode=fit_levels`` for the configured sampler and this checkpoint are used when present
+    (:func:`sde_jax.programs.fitted_levels.load_fitted_levels`).
     """
     if exp.sampling.task != "unconditional":
         return run_task(exp, workdir, step=step)
@@ -37,9 +40,14 @@ def run_sample_mode(exp: Experiment, workdir: str, *, step: int | None = None) -
     check_batch_size(exp.sampling.batch_size, mesh, "config.sampling.batch_size")
     model, params, step = restore_ema(exp, workdir, mesh, step)
     out_dir = os.path.join(workdir, "samples", f"step_{step}")
+    fitted, line = load_fitted_levels(workdir, exp.sampling, step)
     settings = output_settings(exp, step)
+    if fitted is not None:
+        settings["fitted_levels"] = {k: np.asarray(v).tolist() for k, v in fitted.items()}
     check_output_dir(out_dir, settings)
-    sample_fn = experiment_sample_fn(exp, model, mesh)
+    if line:
+        print(line)
+    sample_fn = experiment_sample_fn(exp, model, mesh, fitted)
     key = jax.random.fold_in(jax.random.key(exp.seed), SAMPLE_MODE_SALT)
     images, nfe = generate(exp, sample_fn, params, key, exp.sampling.num_samples)
     if jax.process_index() == 0:

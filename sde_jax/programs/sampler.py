@@ -60,6 +60,10 @@ def sampler_options(cfg: SamplingConfig) -> dict[str, Any]:
     return options
 
 
+# The sampler options that fitted levels replace.
+_REPLACED_BY_LEVELS = ("num_steps", "schedule", "rho", "s_max", "eps")
+
+
 def make_sample_fn(
     cfg: SamplingConfig,
     sde: SDE,
@@ -68,12 +72,17 @@ def make_sample_fn(
     mesh: Mesh,
     *,
     continuous: bool = True,
+    fitted: dict[str, Any] | None = None,
 ) -> Callable[[Any, Array], tuple[Array, Array]]:
     """The jitted ``sample_fn(params, key) -> (samples [B, H, W, C], nfe)`` of the configured
     sampler (:func:`sde_jax.sampling.sample` with ``cfg.method`` and :func:`sampler_options`), in
-    the model's data scaling, with the batch split over ``mesh``."""
+    the model's data scaling, with the batch split over ``mesh``. ``fitted``: levels fitted to the
+    model (``levels``, ``query_levels``; :mod:`sde_jax.programs.fitted_levels`), which replace the
+    schedule's options."""
     score = make_score_fn(sde, model, continuous=continuous)
     options = sampler_options(cfg)
+    if fitted is not None:
+        options = {k: v for k, v in options.items() if k not in _REPLACED_BY_LEVELS} | fitted
 
     def run(params, key):
         score_fn = lambda x, t: score({"params": params}, x, t)
@@ -86,14 +95,17 @@ def make_sample_fn(
     )
 
 
-def experiment_sample_fn(exp: Experiment, model: nn.Module, mesh: Mesh) -> Callable:
+def experiment_sample_fn(
+    exp: Experiment, model: nn.Module, mesh: Mesh, fitted: dict[str, Any] | None = None
+) -> Callable:
     """:func:`make_sample_fn` for ``exp``'s sampler, SDE and image shape, ``sampling.batch_size``
     samples per call."""
     check_batch_size(exp.sampling.batch_size, mesh, "config.sampling.batch_size")
     shape = (exp.sampling.batch_size, *exp.image_shape)
     return make_sample_fn(
-        exp.sampling, exp.sde.build(), model, shape, mesh, continuous=exp.training.continuous
-    )
+        exp.sampling, exp.sde.build(), model, shape, mesh, continuous=exp.training.continuous,
+        fitted=fitted,
+    )  # fmt: skip
 
 
 def sample_round(fn: Callable, params: Any, key: Array, r: int, *args) -> tuple[np.ndarray, int]:

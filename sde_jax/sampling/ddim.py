@@ -91,5 +91,5 @@ def _ddim_sample(key, sde, args, z0, eta, *, score_fn, shape, schedule):
         return d + s_next * jnp.sqrt(1.0 - eta**2 * kept) * (y - d) / s + c * z
 
     y, first = jump_to_s_max(sde, score_fn, grid, y)
-    y = jax.lax.fori_loop(first, grid.n - 1, step, y)
+    y = grid.loop(first, grid.n - 1, step, y)
     return denoiser(sde, score_fn, y, grid.query(grid.n - 1, grid.s_min)), grid.count(grid.n)

@@ -150,7 +150,7 @@ def _edm_sample(
 
     # With s_max, one evaluation (not Heun's two) jumps to it; no churn at s_0 = s(T), the cap.
     y, first = jump_to_s_max(sde, score_fn, grid, y)
-    y = jax.lax.fori_loop(first, n - 1, heun_step, y)
+    y = grid.loop(first, n - 1, heun_step, y)
     # The last step, to s = 0, is Euler's: y + (0 - s) (y - D) / s = D.
     y, s = raise_noise(n - 1, y, grid.s_min)
     return denoise(y, grid.query(n - 1, s)), grid.count(2 * n - 1 - first)

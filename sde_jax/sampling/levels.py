@@ -80,6 +80,8 @@ from sde_jax.sde import SDE, VESDE, VPSDE, ScoreFn, batch_broadcast
 Array = jax.Array
 
 SCHEDULES = ("edm", "logsnr", "time_uniform", "time_quadratic")
+# The most given levels whose loop is unrolled (Grid.loop).
+UNROLL_MAX = 32
 
 
 def noise_to_signal(sde: SDE, t: Array) -> Array:
@@ -202,6 +204,14 @@ class Grid:
         if self.levels is not None:
             return jnp.where(i < self.n, self.levels[jnp.minimum(i, self.n - 1)], 0.0)
         return schedule_level(self.sde, self.schedule, i, self.n, self.eps, self.rho, self.s_max)
+
+    def loop(self, lower, upper, body, init):
+        """``jax.lax.fori_loop`` over the steps; unrolled when the levels are given (their count is
+        static, at most :data:`UNROLL_MAX`), since XLA:CPU runs the gradients of convolutions
+        inside a loop many times slower than unrolled (jax-ml/jax#12868), and the gradient in the
+        given levels is what :func:`~sde_jax.sampling.optimize_levels` follows."""
+        unroll = True if self.levels is not None and self.n <= UNROLL_MAX else None
+        return jax.lax.fori_loop(lower, upper, body, init, unroll=unroll)
 
     def query(self, i, s):
         r"""The level at which step ``i``, at level ``s``, evaluates the denoiser: ``s``, or

@@ -85,7 +85,7 @@ def _dpm_solver_2m_sample(key, sde, args, z0, *, score_fn, shape, schedule):
 
     y, first = jump_to_s_max(sde, score_fn, grid, y)
     carry = (y, jnp.zeros_like(y), jnp.zeros((), y.dtype))
-    y, _, _ = jax.lax.fori_loop(first, grid.n - 1, step, carry)
+    y, _, _ = grid.loop(first, grid.n - 1, step, carry)
     return denoiser(sde, score_fn, y, grid.query(grid.n - 1, grid.s_min)), grid.count(grid.n)
 
 
@@ -342,9 +342,9 @@ def _multistep_sample(
         return y_next, d_new, d0, d1, h, h1
 
     if not unipc:
-        y, *_ = jax.lax.fori_loop(first, n - 1, dpm_step, (y, zeros, zeros, zero, zero))
+        y, *_ = grid.loop(first, n - 1, dpm_step, (y, zeros, zeros, zero, zero))
         return denoise(y, grid.query(n - 1, grid.s_min)), grid.count(n)
     carry = (y, denoise(y, grid.query(first, grid.level(first))), zeros, zeros, zero, zero)
-    _, d, *_ = jax.lax.fori_loop(first, n - 1, unipc_step, carry)
+    _, d, *_ = grid.loop(first, n - 1, unipc_step, carry)
     # d was evaluated at the last predicted point, at s_{n-1} = s_min: it is D(y; s_min) there.
     return d, grid.count(n)
