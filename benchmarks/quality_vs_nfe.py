@@ -29,7 +29,13 @@ data points (one jump from s(T) to it, then the schedule) and ``s_min`` = 0.01. 
 (``pip install -e '.[bench]'``), ``quality_vs_nfe.png`` into ``--out``; the tables are always
 printed. ``--from-json`` rewrites the tables and the plot from the saved measurements.
 
-Run: ``python benchmarks/quality_vs_nfe.py [--parts mixture digits] [--workdir runs/digits]``.
+``--parts fitted`` (alone) measures DPM-Solver++(3M) on levels fitted to each model by
+``sde_jax.sampling.optimize_levels`` at 5, 8 and 10 NFE, on the ring mixture and on a second
+mixture the defaults were not chosen on (every SDE, each with PC at N = 1000 as the target), and on
+the digits model at 10 NFE when ``--workdir`` holds it; writes ``quality_vs_nfe_fitted.{json,md}``
+(about 23 minutes on 2 CPU cores).
+
+Run: ``python benchmarks/quality_vs_nfe.py [--parts mixture digits | fitted] [--workdir runs/digits]``.
 """
 
 from __future__ import annotations
