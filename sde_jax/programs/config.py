@@ -321,10 +321,9 @@ class SamplingConfig:
             )
         if self.order not in (1, 2, 3) or isinstance(self.order, bool):
             raise ValueError(f"config.sampling.order must be 1, 2 or 3; got {self.order!r}")
-        if not isinstance(self.lower_order_final, bool):
-            raise ValueError(
-                f"config.sampling.lower_order_final must be a bool; got {self.lower_order_final!r}"
-            )
+        for f in ("lower_order_final", "fitted_levels"):
+            if not isinstance(getattr(self, f), bool):
+                raise ValueError(f"config.sampling.{f} must be a bool; got {getattr(self, f)!r}")
         for f in ("s_churn", "s_tmin", "s_noise"):
             _check_positive("sampling", f, getattr(self, f), allow_zero=True)
         if not self.s_tmax >= self.s_tmin:
@@ -333,10 +332,6 @@ class SamplingConfig:
             )
         if not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"config.sampling.eta must lie in [0, 1]; got {self.eta!r}")
-        if not isinstance(self.fitted_levels, bool):
-            raise ValueError(
-                f"config.sampling.fitted_levels must be a bool; got {self.fitted_levels!r}"
-            )
         if not isinstance(self.fit_samples, int) or self.fit_samples < 4:
             raise ValueError(
                 f"config.sampling.fit_samples must be an int >= 4; got {self.fit_samples!r}"
