@@ -282,7 +282,7 @@ def test_loop_runs_on_device(method):
     f32 = lambda v: jnp.asarray(v, jnp.float32)
     # The jump to s_max takes the other branch of the schedule (and of EDM's first step).
     s_max = f32(5.0) if method in ("edm_stochastic", "unipc") else None
-    grid_args = (jnp.asarray(8, jnp.int32), f32(1e-3), f32(7.0), s_max, None)
+    grid_args = (jnp.asarray(8, jnp.int32), f32(1e-3), f32(7.0), s_max, None, None)
     args = [jax.random.key(0), sde, grid_args, None]
     kwargs = dict(score_fn=gm.score_fn(sde), shape=(4, 2), schedule="logsnr")
     if method == "edm_stochastic":
