@@ -97,7 +97,7 @@ def test_jump_to_s_max_is_exact_for_gaussian_data(sde_name):
         return -x / (alpha**2 * c**2 + sigma**2)[:, None]
 
     f32 = lambda v: jnp.asarray(v, jnp.float32)
-    args = (f32(10), f32(sde.sampling_eps), f32(7.0), f32(s_max), None)
+    args = (f32(10), f32(sde.sampling_eps), f32(7.0), f32(s_max), None, None)
     grid = levels.Grid(sde, "logsnr", args)
     y0 = levels.scaled_prior_sample(sde, jax.random.key(0), (256, 1))
     y1, first = levels.jump_to_s_max(sde, score_fn, grid, y0)
