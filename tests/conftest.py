@@ -10,6 +10,7 @@ import pathlib
 import sys
 
 import jax
+import pytest
 
 # Test helpers (tests/gaussians.py) import as top-level modules.
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
@@ -20,3 +21,13 @@ _cache = pathlib.Path(
 )
 jax.config.update("jax_compilation_cache_dir", str(_cache))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+@pytest.fixture
+def no_persistent_cache():
+    """Compiles without the persistent cache: writing some gradient programs of the sampler (those
+    of tests/test_tuning.py and the fit_levels tests) to it crashed the test process with a
+    segmentation fault inside jax's cache write, on a clean clone's cold cache."""
+    jax.config.update("jax_enable_compilation_cache", False)
+    yield
+    jax.config.update("jax_enable_compilation_cache", True)

@@ -17,15 +17,8 @@ from sde_jax.programs.sampler import experiment_sample_fn
 from sde_jax.sharding import make_mesh
 from sde_jax.training import init_state
 
-
-@pytest.fixture(autouse=True)
-def _no_persistent_cache():
-    """Writing some of these gradient programs to the persistent compilation cache crashed the
-    process (a segmentation fault inside jax's cache write, seen on a clean clone's cold cache);
-    they compile without it."""
-    jax.config.update("jax_enable_compilation_cache", False)
-    yield
-    jax.config.update("jax_enable_compilation_cache", True)
+# Compiled without the persistent cache (conftest.no_persistent_cache).
+pytestmark = pytest.mark.usefixtures("no_persistent_cache")
 
 
 def _run(tmp_path, **sampling):

@@ -19,15 +19,8 @@ from sde_jax.sampling import (
 from sde_jax.sampling.levels import noise_to_signal, prior_level, scaled_prior_sample
 from sde_jax.sde import VESDE, VPSDE, SubVPSDE
 
-
-@pytest.fixture(autouse=True)
-def _no_persistent_cache():
-    """Writing some of these gradient programs to the persistent compilation cache crashed the
-    process (a segmentation fault inside jax's cache write, seen on a clean clone's cold cache);
-    they compile without it."""
-    jax.config.update("jax_enable_compilation_cache", False)
-    yield
-    jax.config.update("jax_enable_compilation_cache", True)
+# Compiled without the persistent cache (conftest.no_persistent_cache).
+pytestmark = pytest.mark.usefixtures("no_persistent_cache")
 
 
 SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE()}
