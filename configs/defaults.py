@@ -85,8 +85,8 @@ def base_config() -> ml_collections.ConfigDict:
     sampling.num_samples = 64
     sampling.batch_size = 64
     sampling.fitted_levels = True  # --mode=sample uses levels of --mode=fit_levels when present.
-    sampling.fit_samples = 128
-    sampling.fit_iterations = 200
+    sampling.fit_samples = 64
+    sampling.fit_iterations = 100
     sampling.task = "unconditional"  # or inpaint, colorize, class_conditional
     sampling.input = ""
     sampling.mask = "lower_half"

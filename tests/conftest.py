@@ -11,6 +11,7 @@ import sys
 
 import jax
 import pytest
+from jax.experimental.compilation_cache import compilation_cache
 
 # Test helpers (tests/gaussians.py) import as top-level modules.
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
@@ -25,9 +26,12 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 @pytest.fixture
 def no_persistent_cache():
-    """Compiles without the persistent cache: writing some gradient programs of the sampler (those
-    of tests/test_tuning.py and the fit_levels tests) to it crashed the test process with a
-    segmentation fault inside jax's cache write, on a clean clone's cold cache."""
+    """Compiles without the persistent cache (for the sampler's gradient programs of
+    tests/test_tuning.py and the fit_levels tests, whose compiles crashed a long test session
+    once). jax decides whether to use the cache once per process, so the decision is reset on
+    the way in and out."""
     jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()
     yield
     jax.config.update("jax_enable_compilation_cache", True)
+    compilation_cache.reset_cache()

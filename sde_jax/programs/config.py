@@ -266,8 +266,8 @@ class SamplingConfig:
     # Levels fitted to the model (--mode=fit_levels; sde_jax.programs.fitted_levels): use them
     # when present, and the fit's prior samples and Adam steps.
     fitted_levels: bool = True
-    fit_samples: int = 128
-    fit_iterations: int = 200
+    fit_samples: int = 64
+    fit_iterations: int = 100
     # Controllable generation (--mode=sample, see sde_jax.programs.conditional_sample): the task, its input
     # images (PNG file or folder, .npz, or a data-set split name), the mask (PNG/.npy or a name),
     # completions per input, Langevin steps at t = eps before the final denoising, the class and

@@ -83,11 +83,11 @@ def run_fit_levels_mode(exp: Experiment, workdir: str, *, step: int | None = Non
     if jax.process_index() == 0:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         write_json(path, record)
-    start, end = report["loss_start"]["held_out"], report["loss_end"]["held_out"]
+    start, end = report["error_start"]["held_out"], report["error_end"]["held_out"]
     print(
         f"fitted {cfg.num_steps} levels of {cfg.method} ({report['nfe']} score evaluations) to step "
-        f"{step} in {report['seconds']:.0f} s: held-out squared distance to the ODE {start:.3g} "
-        f"-> {end:.3g}; wrote {path}"
+        f"{step} in {report['seconds']:.0f} s: held-out error (geometric mean of squared "
+        f"distances to the ODE) {start:.3g} -> {end:.3g}; wrote {path}"
     )
     return path
 

@@ -9,16 +9,25 @@ denoiser (the samplers' ``levels`` and ``query_levels``) by gradient descent on 
 ODE's own solution from the same prior samples, as LD3 does for the steps (Tong et al. 2025,
 "Learning to discretize denoising diffusion ODEs"):
 
-.. math:: \min_{s, q}\ \frac{1}{M}\sum_{m=1}^{M}
-          \frac{\lVert \Phi_{s,q}(y_T^{(m)}) - \Phi_{\mathrm{ODE}}(y_T^{(m)}) \rVert^2}{d},
+.. math:: \min_{s, q}\ \frac{1}{M}\sum_{m=1}^{M} \log\Big(
+          \frac{\lVert \Phi_{s,q}(y_T^{(m)}) - \Phi_{\mathrm{ODE}}(y_T^{(m)}) \rVert^2}{d}
+          + s(\epsilon)^2\Big),
 
 with :math:`\Phi_{s,q}` the sampler on levels :math:`s_0 = s(T) > s_1 > \dots > s_{n-1} =
 s(\epsilon)` (then 0), :math:`\Phi_{\mathrm{ODE}}` an adaptive Dopri5 solve of the same ODE
 (:func:`teacher_solve`) to :math:`s(\epsilon)` followed by the same final denoising step, and
-:math:`d` the event size. Both ends of the steps stay fixed: a free last level would let the fit
-stop early, since the posterior mean :math:`D(y; s)` at a larger :math:`s` is closer in mean square
-to any target and too concentrated as a sample (measured on the ring mixture, VP, 10 levels, steps
-only: with a free last level DPM-Solver++(2M) stopped at :math:`s = 0.16` and its samples'
+:math:`d` the event size. The logarithm makes the loss the geometric mean of the samples'
+errors rather than their mean: the mean square is dominated by the few prior samples whose
+trajectory ends at another mode than the ODE's (errors of the size of the distance between modes),
+and fitting it trades the accuracy of all the others for them. Measured on a 5-D mixture with
+component scales 0.05 to 0.5 (VP, DPM-Solver++(2M), 10 levels): fitted to the mean square, the
+held-out error fell tenfold but the samples' log-density gap to exact samples was -0.40; fitted to
+the geometric mean, -0.02 (PC with 1,000 steps: -0.06). The floor :math:`s(\epsilon)^2` is the
+noise the sampler leaves at its last level, below which errors are not resolved.
+
+Both ends of the steps stay fixed: a free last level would let the fit stop early, since the posterior mean :math:`D(y; s)` at a larger :math:`s` is closer in mean square
+to any target and too concentrated as a sample (measured with the mean-square loss on the ring
+mixture, VP, 10 levels, steps only: with a free last level DPM-Solver++(2M) stopped at :math:`s = 0.16` and its samples'
 log-density gap was +0.35; with the last level fixed, DPM-Solver++(3M)'s was -0.065). For the same
 reason the last query level stays :math:`s(\epsilon)`, so the final step is the teacher's
 denoising step (free, it ended at :math:`s = 0.13` in one fit, and with the default settings the
@@ -26,8 +35,12 @@ samples came out too concentrated, gap +0.056; fixed, -0.029 ± 0.009, against +
 exact samples). The inner levels are :math:`\lambda_i = -\log s_i =
 \lambda_T + (\lambda_\epsilon - \lambda_T)\sum_{j \le i}\operatorname{softmax}(\theta)_j`
 (:math:`n - 1` weights, one per step), so any :math:`\theta` gives valid levels, and
-:math:`q_i = s_i e^{\delta_i}` (:math:`\delta_{n-1} = 0`); the start, :math:`\theta = \delta = 0`, is the ``logsnr``
-schedule. Nothing is needed beyond the score: the gradient flows through the sampler's own
+:math:`q_i = s_i e^{\delta_i}` (:math:`\delta_{n-1} = 0`). The start is one step from
+:math:`s(T)` to the largest distance between two of the teacher's samples (Song & Ermon's rule for
+the largest noise level, applied to the model's own samples; at most :math:`s(T)/2`), then equal
+steps in :math:`\log s`, with :math:`q = s`; on the digits model it ended at a third lower held-out
+error than the same fit from the ``logsnr`` schedule (0.00102 against 0.00155). Nothing is needed
+beyond the score: the gradient flows through the sampler's own
 compiled loop (its length is static when ``levels`` is given). A quarter of the prior samples are
 held out and their loss is reported before and after, so an over-fitted schedule would show.
 
@@ -39,6 +52,7 @@ others :math:`n`).
 from __future__ import annotations
 
 import functools
+import math
 import time
 from typing import Any
 
@@ -103,6 +117,25 @@ def levels_from_weights(sde: SDE, theta: Array, eps: Array) -> Array:
     return jnp.concatenate([prior_level(sde)[None], jnp.exp(-lam), noise_to_signal(sde, eps)[None]])
 
 
+def _spread(x: Array) -> Array:
+    """The largest distance between two of the samples ``x [M, *event]``."""
+    x = jnp.reshape(x, (x.shape[0], -1))
+    sq = jnp.sum(x**2, axis=1)
+    d2 = sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)
+    return jnp.sqrt(jnp.max(d2))
+
+
+def _start_weights(sde: SDE, s_start: Array, eps: Array, n: int) -> Array:
+    r"""The weights :math:`\theta` ``[n - 1]`` of the start: one step from :math:`s(T)` to
+    ``s_start``, then equal steps in :math:`\log s` to :math:`s(\epsilon)`."""
+    lam_top = -jnp.log(prior_level(sde))
+    lam_start = -jnp.log(s_start)
+    lam_eps = -jnp.log(noise_to_signal(sde, eps))
+    first = (lam_start - lam_top) / (lam_eps - lam_top)
+    rest = jnp.full((n - 2,), (1.0 - first) / (n - 2))
+    return jnp.log(jnp.concatenate([first[None], rest])).astype(jnp.float32)
+
+
 def optimize_levels(
     key: Array,
     score_fn: ScoreFn,
@@ -142,8 +175,9 @@ def optimize_levels(
         ``(fitted, report)``: ``fitted`` the sampler options ``{"levels": [n], "query_levels":
         [n]}`` (float32; without ``query_levels`` when ``fit_queries`` is False), to pass as
         ``sample(..., method=method, **options, **fitted)``; ``report`` a dict of the run (plain
-        numbers): the mean squared distance to the teacher on the fitting and held-out samples at
-        the start (the ``logsnr`` schedule) and the end, the teacher's and the sampler's NFE, and
+        numbers): the error (the geometric mean over samples of the squared distance per coordinate
+        to the teacher, plus :math:`s(\epsilon)^2`) on the fitting and held-out samples at the
+        start and the end, the teacher's and the sampler's NFE, and
         the seconds taken.
     """
     check_sde(sde)
@@ -167,6 +201,7 @@ def optimize_levels(
     teacher, teacher_nfe = jax.jit(
         functools.partial(teacher_solve, score_fn, sde, rtol=rtol, atol=atol)
     )(scaled_prior_sample(sde, key, shape, z), noise_to_signal(sde, eps))
+    floor = noise_to_signal(sde, eps) ** 2
     # The sampler starts from the teacher's prior samples (its `z`).
     sampler = functools.partial(sample, key, score_fn, sde, shape, method=method, z=z, **options)
 
@@ -181,9 +216,11 @@ def optimize_levels(
     def losses(params):
         x, _ = sampler(**fitted(params))
         err = jnp.mean(jnp.reshape((x - teacher) ** 2, (shape[0], -1)), axis=1)
-        return jnp.mean(err[:n_fit]), jnp.mean(err[n_fit:])
+        log_err = jnp.log(err + floor)
+        return jnp.mean(log_err[:n_fit]), jnp.mean(log_err[n_fit:])
 
-    params = (jnp.zeros((n - 1,), jnp.float32), jnp.zeros((n,), jnp.float32))
+    s_start = jnp.minimum(_spread(teacher[:n_fit]), 0.5 * prior_level(sde))
+    params = (_start_weights(sde, s_start, eps, n), jnp.zeros((n,), jnp.float32))
     optimizer = optax.adam(learning_rate)
 
     @jax.jit
@@ -214,8 +251,9 @@ def optimize_levels(
         "learning_rate": learning_rate,
         "teacher": {"solver": "dopri5", "rtol": rtol, "atol": atol, "nfe": int(teacher_nfe)},
         "eps": float(eps),
-        "loss_start": {"fit": float(first_fit), "held_out": float(first_held)},
-        "loss_end": {"fit": float(fit), "held_out": float(held)},
+        # The geometric means, exp(loss): squared distances per coordinate.
+        "error_start": {"fit": math.exp(first_fit), "held_out": math.exp(first_held)},
+        "error_end": {"fit": math.exp(fit), "held_out": math.exp(held)},
         "seconds": time.perf_counter() - start,
     }
     return result, report
