@@ -166,6 +166,7 @@ def test_optimized_levels_halve_the_held_out_error(sde_name):
         (dict(method="ddim", eta=0.5), "deterministic"),
         (dict(method="unipc", schedule="edm"), r"\['schedule'\]"),
         (dict(method="unipc", num_steps=1), "num_steps"),
+        (dict(method="dpm_solver_2m", error_floor=0.0), "error_floor"),
     ],
 )
 def test_optimize_levels_refuses_what_it_cannot_fit(kwargs, match):

@@ -11,36 +11,40 @@ ODE's own solution from the same prior samples, as LD3 does for the steps (Tong 
 
 .. math:: \min_{s, q}\ \frac{1}{M}\sum_{m=1}^{M} \log\Big(
           \frac{\lVert \Phi_{s,q}(y_T^{(m)}) - \Phi_{\mathrm{ODE}}(y_T^{(m)}) \rVert^2}{d}
-          + s(\epsilon)^2\Big),
+          + \tau\Big),
 
 with :math:`\Phi_{s,q}` the sampler on levels :math:`s_0 = s(T) > s_1 > \dots > s_{n-1} =
 s(\epsilon)` (then 0), :math:`\Phi_{\mathrm{ODE}}` an adaptive Dopri5 solve of the same ODE
 (:func:`teacher_solve`) to :math:`s(\epsilon)` followed by the same final denoising step, and
-:math:`d` the event size. The logarithm makes the loss the geometric mean of the samples'
-errors rather than their mean: the mean square is dominated by the few prior samples whose
-trajectory ends at another mode than the ODE's (errors of the size of the distance between modes),
-and fitting it trades the accuracy of all the others for them. Measured on a 5-D mixture with
-component scales 0.05 to 0.5 (VP, DPM-Solver++(2M), 10 levels): fitted to the mean square, the
-held-out error fell tenfold but the samples' log-density gap to exact samples was -0.40; fitted to
-the geometric mean, -0.02 (PC with 1,000 steps: -0.06). The floor :math:`s(\epsilon)^2` is the
-noise the sampler leaves at its last level, below which errors are not resolved.
+:math:`d` the event size. The logarithm makes the loss the geometric mean of the samples' errors
+rather than their mean: the mean square is dominated by the few prior samples whose trajectory ends
+at another mode than the ODE's (errors of the size of the distance between modes), and fitting it
+trades the accuracy of all the others for them. Measured on a 5-D mixture with component scales
+0.05 to 0.5 (VP, DPM-Solver++(2M), 10 levels): fitted to the mean square, the held-out error fell
+tenfold but the samples' log-density gap to exact samples was -0.40; fitted to the geometric mean,
+-0.02 (PC with 1,000 steps: -0.06). The floor :math:`\tau` (``error_floor``, default
+:math:`10^{-4}`: an error of 0.01 per coordinate, about one grey level of 8-bit images scaled to
+:math:`[-1, 1]`) stops the fit from trading the samples between modes for ever finer agreement of
+the others below anything visible: with the floor at sub-VP's :math:`s(\epsilon)^2 \approx 10^{-8}`
+the ring mixture's samples came out too concentrated (gap +0.059 at 10 levels; with
+:math:`10^{-4}`, -0.014; PC with 1,000 steps: -0.016).
 
-Both ends of the steps stay fixed: a free last level would let the fit stop early, since the posterior mean :math:`D(y; s)` at a larger :math:`s` is closer in mean square
-to any target and too concentrated as a sample (measured with the mean-square loss on the ring
-mixture, VP, 10 levels, steps only: with a free last level DPM-Solver++(2M) stopped at :math:`s = 0.16` and its samples'
+Both ends of the steps stay fixed: a free last level would let the fit stop early, since the
+posterior mean :math:`D(y; s)` at a larger :math:`s` is closer in mean square to any target and too
+concentrated as a sample (measured with the mean-square loss on the ring mixture, VP, 10 levels,
+steps only: with a free last level DPM-Solver++(2M) stopped at :math:`s = 0.16` and its samples'
 log-density gap was +0.35; with the last level fixed, DPM-Solver++(3M)'s was -0.065). For the same
-reason the last query level stays :math:`s(\epsilon)`, so the final step is the teacher's
-denoising step (free, it ended at :math:`s = 0.13` in one fit, and with the default settings the
-samples came out too concentrated, gap +0.056; fixed, -0.029 ± 0.009, against +0.005 ± 0.009 for
-exact samples). The inner levels are :math:`\lambda_i = -\log s_i =
-\lambda_T + (\lambda_\epsilon - \lambda_T)\sum_{j \le i}\operatorname{softmax}(\theta)_j`
-(:math:`n - 1` weights, one per step), so any :math:`\theta` gives valid levels, and
-:math:`q_i = s_i e^{\delta_i}` (:math:`\delta_{n-1} = 0`). The start is one step from
-:math:`s(T)` to the largest distance between two of the teacher's samples (Song & Ermon's rule for
-the largest noise level, applied to the model's own samples; at most :math:`s(T)/2`), then equal
-steps in :math:`\log s`, with :math:`q = s`; on the digits model it ended at a third lower held-out
-error than the same fit from the ``logsnr`` schedule (0.00102 against 0.00155). Nothing is needed
-beyond the score: the gradient flows through the sampler's own
+reason the last query level stays :math:`s(\epsilon)`, so the final step is the teacher's denoising
+step (free, it ended at :math:`s = 0.13` in one fit, and with the default settings the samples came
+out too concentrated, gap +0.056; fixed, -0.029 ± 0.009, against +0.005 ± 0.009 for exact samples).
+The inner levels are :math:`\lambda_i = -\log s_i = \lambda_T + (\lambda_\epsilon -
+\lambda_T)\sum_{j \le i}\operatorname{softmax}(\theta)_j` (:math:`n - 1` weights, one per step), so
+any :math:`\theta` gives valid levels, and :math:`q_i = s_i e^{\delta_i}` (:math:`\delta_{n-1} =
+0`). The start is one step from :math:`s(T)` to the largest distance between two of the teacher's
+samples (Song & Ermon's rule for the largest noise level, applied to the model's own samples; at
+most :math:`s(T)/2`), then equal steps in :math:`\log s`, with :math:`q = s`; on the digits model
+it ended at a third lower held-out error than the same fit from the ``logsnr`` schedule (0.00102
+against 0.00155). Nothing is needed beyond the score: the gradient flows through the sampler's own
 compiled loop (its length is static when ``levels`` is given). A quarter of the prior samples are
 held out and their loss is reported before and after, so an over-fitted schedule would show.
 
@@ -148,6 +152,7 @@ def optimize_levels(
     fit_queries: bool = True,
     iterations: int = 2000,
     learning_rate: float = 0.05,
+    error_floor: float = 1e-4,
     rtol: float = 1e-5,
     atol: float = 1e-5,
     **options: Any,
@@ -167,6 +172,8 @@ def optimize_levels(
         iterations: Adam steps on the full fitting set; the parameters with the lowest fitting
             loss seen are kept.
         learning_rate: Adam's step size on :math:`(\theta, \delta)`.
+        error_floor: the floor of the loss, a squared distance per coordinate in data units
+            (see the module).
         rtol, atol: the teacher's tolerances.
         **options: the method's other options (``order``, ``lower_order_final``; ``eta`` must be 0
             if given); not those of the levels or ``z``.
@@ -176,7 +183,7 @@ def optimize_levels(
         [n]}`` (float32; without ``query_levels`` when ``fit_queries`` is False), to pass as
         ``sample(..., method=method, **options, **fitted)``; ``report`` a dict of the run (plain
         numbers): the error (the geometric mean over samples of the squared distance per coordinate
-        to the teacher, plus :math:`s(\epsilon)^2`) on the fitting and held-out samples at the
+        to the teacher, plus ``error_floor``) on the fitting and held-out samples at the
         start and the end, the teacher's and the sampler's NFE, and
         the seconds taken.
     """
@@ -185,6 +192,7 @@ def optimize_levels(
     n = check_int("num_steps", num_steps, 2)
     check_int("iterations", iterations, 1)
     check_positive("learning_rate", learning_rate)
+    check_positive("error_floor", error_floor)
     check_bool("fit_queries", fit_queries)
     if len(shape) < 2 or shape[0] < 4:
         raise ValueError(f"`shape` must be (M, *event) with M >= 4 samples; got {shape}.")
@@ -201,7 +209,6 @@ def optimize_levels(
     teacher, teacher_nfe = jax.jit(
         functools.partial(teacher_solve, score_fn, sde, rtol=rtol, atol=atol)
     )(scaled_prior_sample(sde, key, shape, z), noise_to_signal(sde, eps))
-    floor = noise_to_signal(sde, eps) ** 2
     # The sampler starts from the teacher's prior samples (its `z`).
     sampler = functools.partial(sample, key, score_fn, sde, shape, method=method, z=z, **options)
 
@@ -216,7 +223,7 @@ def optimize_levels(
     def losses(params):
         x, _ = sampler(**fitted(params))
         err = jnp.mean(jnp.reshape((x - teacher) ** 2, (shape[0], -1)), axis=1)
-        log_err = jnp.log(err + floor)
+        log_err = jnp.log(err + error_floor)
         return jnp.mean(log_err[:n_fit]), jnp.mean(log_err[n_fit:])
 
     s_start = jnp.minimum(_spread(teacher[:n_fit]), 0.5 * prior_level(sde))
@@ -251,6 +258,7 @@ def optimize_levels(
         "learning_rate": learning_rate,
         "teacher": {"solver": "dopri5", "rtol": rtol, "atol": atol, "nfe": int(teacher_nfe)},
         "eps": float(eps),
+        "error_floor": error_floor,
         # The geometric means, exp(loss): squared distances per coordinate.
         "error_start": {"fit": math.exp(first_fit), "held_out": math.exp(first_held)},
         "error_end": {"fit": math.exp(fit), "held_out": math.exp(held)},
