@@ -5,13 +5,13 @@ broadcast a per-sample quantity along the wrong axis. Compiled executables are c
 repeated runs of the suite skip XLA compilation, which dominates test time on a 2-core machine.
 """
 
+import gc
 import os
 import pathlib
 import sys
 
 import jax
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 
 # Test helpers (tests/gaussians.py) import as top-level modules.
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
@@ -24,14 +24,13 @@ jax.config.update("jax_compilation_cache_dir", str(_cache))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-@pytest.fixture
-def no_persistent_cache():
-    """Compiles without the persistent cache (for the sampler's gradient programs of
-    tests/test_tuning.py and the fit_levels tests, whose compiles crashed a long test session
-    once). jax decides whether to use the cache once per process, so the decision is reset on
-    the way in and out."""
-    jax.config.update("jax_enable_compilation_cache", False)
-    compilation_cache.reset_cache()
+@pytest.fixture(autouse=True, scope="module")
+def _release_executables():
+    """Drops jax's compiled executables after each test module. Each one keeps memory maps of its
+    code, and a full run accumulated more than Linux's default limit of 65,530 per process
+    (vm.max_map_count): three sampling test files alone left 29,000, and the run aborted inside
+    XLA near its end. Modules rarely share programs, and the persistent cache serves those that
+    are compiled again."""
     yield
-    jax.config.update("jax_enable_compilation_cache", True)
-    compilation_cache.reset_cache()
+    jax.clear_caches()
+    gc.collect()

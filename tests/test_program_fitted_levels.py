@@ -17,9 +17,6 @@ from sde_jax.programs.sampler import experiment_sample_fn
 from sde_jax.sharding import make_mesh
 from sde_jax.training import init_state
 
-# Compiled without the persistent cache (conftest.no_persistent_cache).
-pytestmark = pytest.mark.usefixtures("no_persistent_cache")
-
 
 def _run(tmp_path, **sampling):
     from configs.tiny import get_config

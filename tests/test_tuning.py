@@ -19,10 +19,6 @@ from sde_jax.sampling import (
 from sde_jax.sampling.levels import noise_to_signal, prior_level, scaled_prior_sample
 from sde_jax.sde import VESDE, VPSDE, SubVPSDE
 
-# Compiled without the persistent cache (conftest.no_persistent_cache).
-pytestmark = pytest.mark.usefixtures("no_persistent_cache")
-
-
 SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE()}
 # VP in the default run, sub-VP and VE with -m slow (the samplers only see s, so the SDEs differ
 # only in s(T), s(eps) and t(s)).
@@ -130,8 +126,7 @@ def test_levels_are_differentiable_at_equal_steps(method):
                       levels=levels, query_levels=levels * jnp.exp(delta))  # fmt: skip
         return jnp.mean(x**2)
 
-    # Compiled whole, as optimize_levels runs it (an eager grad compiled the sampler's linearized
-    # loop on its own, and that compile aborted XLA:CPU in a long test session).
+    # Compiled whole, as optimize_levels runs it.
     grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
     for theta in (jnp.zeros(9), jnp.full(9, 0.05).at[::2].set(-0.05)):
         grads = grad(theta, jnp.zeros(10))
