@@ -341,6 +341,7 @@ def test_a_resumed_loss_evaluation_with_another_batch_size_is_not_mixed(
     assert resumed["test_loss"] == fresh["test_loss"]
 
 
+@pytest.mark.slow
 def test_bits_per_dim_follow_the_settings_of_each_rerun(tmp_path, data_dir, trained):
     workdir = _copy(trained, tmp_path)
     only_bpd = {"eval.enable_loss": False, "eval.bpd_max_examples": 8}

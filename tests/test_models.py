@@ -116,7 +116,7 @@ def test_bad_compute_fields(name, field, value, allowed):
         get_model(name, **fields, **{field: value})
 
 
-@pytest.mark.parametrize("name", ["ncsnpp", "ddpm"])
+@pytest.mark.parametrize("name", ["ncsnpp", pytest.param("ddpm", marks=pytest.mark.slow)])
 def test_compute_fields_change_neither_parameters_nor_outputs(name):
     fields = dict(SMALL, nf=32, ch_mult=(1, 1)) if name == "ddpm" else SMALL
     compute = dict(conv_algorithm="winograd", winograd_min_channels=1, materialize_blocks=True)

@@ -146,6 +146,7 @@ def inception(tmp_path_factory):
     return wfile, str(folder)
 
 
+@pytest.mark.slow  # 90 s; two-process training and resume stay in the default run.
 def test_two_processes_sample_and_evaluate_like_one(runs, data_dir, inception, tmp_path):
     one, _ = runs
     wfile, folder = inception
