@@ -411,13 +411,14 @@ def run_fitted_digits(workdir, n=300, sets=5):
     return rows, step
 
 
-def _digits_null():
-    """The training-digit null of the main table: (mean, s.d.) over 10 sets of 300."""
+def _digits_null(n=300):
+    """The training-digit null: the Fréchet distance of ``n`` training digits to the held-out ones,
+    (mean, s.d.) over 10 random sets."""
     project, train, test = _features()
     test_f = project(test)
     rng = np.random.default_rng(0)
     null = [
-        frechet_distance(project(train[rng.choice(len(train), 300, replace=False)]), test_f)
+        frechet_distance(project(train[rng.choice(len(train), n, replace=False)]), test_f)
         for _ in range(10)
     ]
     return float(np.mean(null)), float(np.std(null, ddof=1))
@@ -561,12 +562,7 @@ def _load_digits_model(workdir):
 def run_digits(workdir, n=300):
     project, train, test = _features()
     test_f = project(test)
-    rng = np.random.default_rng(0)
-    null = [
-        frechet_distance(project(train[rng.choice(len(train), n, replace=False)]), test_f)
-        for _ in range(10)
-    ]
-    null_mean, null_sd = float(np.mean(null)), float(np.std(null, ddof=1))
+    null_mean, null_sd = _digits_null(n)
     sde, score_fn, step = _load_digits_model(workdir)
     s_max = max_distance(2.0 * train - 1.0)  # configs/digits.py: the model sees [-1, 1].
     print(
