@@ -135,7 +135,8 @@ def _start_weights(sde: SDE, s_start: Array, eps: Array, n: int) -> Array:
     lam_top = -jnp.log(prior_level(sde))
     lam_start = -jnp.log(s_start)
     lam_eps = -jnp.log(noise_to_signal(sde, eps))
-    first = (lam_start - lam_top) / (lam_eps - lam_top)
+    # Kept inside (0, 1) so that every weight is positive, even for collapsed samples (spread 0).
+    first = jnp.clip((lam_start - lam_top) / (lam_eps - lam_top), 1e-3, 1.0 - 1e-3)
     rest = jnp.full((n - 2,), (1.0 - first) / (n - 2))
     return jnp.log(jnp.concatenate([first[None], rest])).astype(jnp.float32)
 
