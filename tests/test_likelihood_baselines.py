@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
-from sde_jax.data import DataConfig, level_indices
+from sde_jax.data import DataConfig, level_indices, to_levels
 from sde_jax.data.transforms import to_unit_interval
 from sde_jax.likelihood import bits_per_dim
 from sde_jax.metrics import baselines
@@ -34,6 +34,28 @@ def test_dequantization_puts_each_stored_level_in_its_own_bin(levels):
         a = to_unit_interval(stored, np.random.default_rng(1), flip=False, dequantize=True)
         u = np.random.default_rng(1).random(stored.shape, dtype=np.float32)
         np.testing.assert_array_equal(a, (stored.astype(np.float32) + u) / np.float32(256))
+
+
+@pytest.mark.parametrize("levels", [2, 17, 256])
+@pytest.mark.parametrize("dequantize", [False, True])
+def test_samples_go_back_to_the_stored_levels(levels, dequantize):
+    """``to_levels`` inverts ``to_unit_interval``: every value a level can become (any
+    dequantization noise, or a small error of an undequantized model) maps back to that level's
+    stored value; values outside [0, 1] go to the end levels."""
+    k = np.arange(levels)
+    stored = np.round(k * 255.0 / (levels - 1)).astype(np.uint8).reshape(1, levels, 1)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        x = to_unit_interval(stored, rng, flip=False, dequantize=dequantize, levels=levels)
+        if not dequantize:
+            x = x + rng.uniform(-0.45, 0.45, x.shape) / (levels - 1)  # Stored values are rounded.
+        back = to_levels(x, levels, dequantized=dequantize).ravel()
+        np.testing.assert_array_equal(np.round(back * 255.0), stored.ravel())
+    outside = to_levels(np.array([-0.3, 1.2]), levels, dequantized=dequantize)
+    np.testing.assert_array_equal(outside, [0.0, 1.0])
+    # 17 levels, dequantized: the top bin [16/17, 1) is level 16, stored as 1.0 (not ~0.97).
+    if levels == 17 and dequantize:
+        np.testing.assert_array_equal(to_levels(np.array([0.95, 0.03]), 17, dequantized=True), [1, 0])
 
 
 @pytest.mark.parametrize("data_range", [(0.0, 1.0), (-1.0, 1.0)])

@@ -91,6 +91,9 @@ def test_tiny_config_trains_samples_and_evaluates(tmp_path, data_dir):
     _main("sample", workdir, data_dir)
     out = np.load(workdir / "samples" / "step_8" / "samples.npz")
     assert out["images"].shape == (8, 8, 8, 1) and out["images"].dtype == np.uint8
+    # On the digits' 17 stored levels (the model is a density of the dequantized (k + u) / 17).
+    stored = np.round(np.arange(17) * 255.0 / 16.0).astype(np.uint8)
+    assert np.isin(out["images"], stored).all()
     assert int(out["nfe"]) == 20
     assert (workdir / "samples" / "step_8" / "grid.png").exists()
 

@@ -24,7 +24,8 @@ API:
   ``"train"`` when ``cfg.random_flip``. ``DataIterator.get_state()/set_state()`` save and restore
   the position; the stream does not depend on the process count (see ``pipeline``).
 - ``data_scaler(cfg)`` / ``inverse_scaler(cfg)``: pure maps ``[0, 1]`` <-> the model's scale;
-  ``level_indices(x01, levels)``: the level index of undequantized data.
+  ``level_indices(x01, levels)``: the level index of undequantized data; ``to_levels(x01,
+  levels, dequantized=...)``: a model's samples put back on the data's levels.
 - ``dataset_info(cfg) -> DatasetInfo(num_examples={"train": n, "eval": m}, image_shape, num_classes)``.
 - ``DATASETS``: the named data sets (``digits``, ``photo_patches``, ``cifar10``, ``celeb_a``, ``lsun/bedroom``,
   ``lsun/church_outdoor``, ``celeb_a_hq``, ``ffhq``, ``folder``); see ``catalog``.
@@ -40,7 +41,7 @@ from sde_jax.data.catalog import DATASETS, DatasetSpec
 from sde_jax.data.config import DataConfig
 from sde_jax.data.pipeline import DataIterator, DatasetInfo, dataset_info, make_dataset
 from sde_jax.data.sources import DatasetNotPreparedError, prepare_command
-from sde_jax.data.transforms import data_scaler, inverse_scaler, level_indices
+from sde_jax.data.transforms import data_scaler, inverse_scaler, level_indices, to_levels
 
 __all__ = [
     "DATASETS",
@@ -55,4 +56,5 @@ __all__ = [
     "level_indices",
     "make_dataset",
     "prepare_command",
+    "to_levels",
 ]

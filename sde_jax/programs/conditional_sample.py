@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image
 
 from sde_jax import controllable
-from sde_jax.data import data_scaler, inverse_scaler, make_dataset
+from sde_jax.data import data_scaler, make_dataset
 from sde_jax.models import make_score_fn
 from sde_jax.programs.checkpoint import restore_ema
 from sde_jax.programs.classifier import load_classifier
@@ -50,6 +50,7 @@ from sde_jax.programs.sampler import (
     check_output_dir,
     output_settings,
     sample_round,
+    to_images,
     write_settings,
 )
 from sde_jax.programs.workdir import write_json
@@ -266,7 +267,7 @@ def run_task(exp: Experiment, workdir: str, *, step: int | None = None) -> str:
     sde = exp.sde.build()
     model, params, step = restore_ema(exp, workdir, make_mesh(), step)
     score = make_score_fn(sde, model, continuous=exp.training.continuous)
-    scaler, inverse = data_scaler(exp.data), inverse_scaler(exp.data)
+    scaler = data_scaler(exp.data)
     key = jax.random.fold_in(jax.random.key(exp.seed), 2_000_003)
     out_dir = os.path.join(workdir, "samples", f"step_{step}", task)
     if task == "class_conditional":
@@ -310,7 +311,7 @@ def run_task(exp: Experiment, workdir: str, *, step: int | None = None) -> str:
             )  # fmt: skip
 
         x, nfe = _in_rounds(run, params, key, labels, cfg.batch_size)
-        samples = np.clip(np.asarray(inverse(x)), 0.0, 1.0)
+        samples = to_images(exp, x)
         grid = dict(images01=samples, ncol=num_classes if cfg.class_label == -1 else None)
         arrays.update(labels=labels)
     else:
@@ -336,7 +337,7 @@ def run_task(exp: Experiment, workdir: str, *, step: int | None = None) -> str:
             return sampler(key, score_fn, sde, observed, image_shape[2])
 
         x, nfe = _in_rounds(run, params, key, np.asarray(observed, np.float32), cfg.batch_size)
-        samples = np.clip(np.asarray(inverse(x)), 0.0, 1.0)
+        samples = to_images(exp, x)
         # Rows: inputs, masked (or gray) inputs, then completion j of every input.
         inputs = (
             images if images.shape[-1] == image_shape[2] else np.repeat(images, image_shape[2], -1)

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from sde_jax.data import inverse_scaler
+from sde_jax.data import inverse_scaler, to_levels
 from sde_jax.models import make_score_fn
 from sde_jax.programs.config import SamplingConfig
 from sde_jax.programs.distributed import gather
@@ -134,8 +134,15 @@ def generate(
         sample_round(sample_fn, params, key, r)
         for r in range(-(-num_samples // exp.sampling.batch_size))
     ]
-    images = np.clip(inverse_scaler(exp.data)(np.concatenate([x for x, _ in rounds])), 0.0, 1.0)
+    images = to_images(exp, np.concatenate([x for x, _ in rounds]))
     return images[:num_samples], rounds[-1][1]
+
+
+def to_images(exp: Experiment, x: Any) -> np.ndarray:
+    """Samples in the model's scale as images in [0, 1] on the data's levels
+    (:func:`sde_jax.data.to_levels`): what grids and saved samples show."""
+    x01 = np.clip(inverse_scaler(exp.data)(np.asarray(x)), 0.0, 1.0)
+    return to_levels(x01, exp.data.num_levels, dequantized=exp.data.uniform_dequantization)
 
 
 SETTINGS_RECORD = "settings.json"
