@@ -55,7 +55,9 @@ def test_samples_go_back_to_the_stored_levels(levels, dequantize):
     np.testing.assert_array_equal(outside, [0.0, 1.0])
     # 17 levels, dequantized: the top bin [16/17, 1) is level 16, stored as 1.0 (not ~0.97).
     if levels == 17 and dequantize:
-        np.testing.assert_array_equal(to_levels(np.array([0.95, 0.03]), 17, dequantized=True), [1, 0])
+        np.testing.assert_array_equal(
+            to_levels(np.array([0.95, 0.03]), 17, dequantized=True), [1, 0]
+        )
 
 
 @pytest.mark.parametrize("data_range", [(0.0, 1.0), (-1.0, 1.0)])
