@@ -218,6 +218,7 @@ def test_a_failed_save_stops_the_run_within_seconds_naming_the_folder(tmp_path, 
     assert "Traceback" not in err
 
 
+@pytest.mark.slow  # Tens of seconds on 2 CPU cores; run with -m slow.
 def test_repeated_kills_resume_to_the_parameters_of_an_uninterrupted_run(tmp_path, data_dir):
     """SIGKILL twice, each time as soon as a newer checkpoint exists (often mid-save): the run
     still ends bit-identical to the uninterrupted one."""

@@ -568,6 +568,7 @@ def _write_stats(path, random_params, n=6, image_size=(8, 8)):
     scores.save_stats(path, stats)
 
 
+@pytest.mark.slow  # Tens of seconds on 2 CPU cores; run with -m slow.
 def test_sampling_eval_end_to_end_resumes_by_rounds(tmp_path, monkeypatch, random_params):
     from sde_jax.programs import quality as programs
     from sde_jax.programs.evaluate import run_eval_mode

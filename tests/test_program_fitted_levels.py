@@ -34,6 +34,7 @@ def _run(tmp_path, **sampling):
     return exp, str(tmp_path / "run")
 
 
+@pytest.mark.slow  # Tens of seconds on 2 CPU cores; run with -m slow.
 def test_fit_then_sample_uses_the_fitted_levels(tmp_path, capsys):
     exp, workdir = _run(tmp_path)
     path = run_fit_levels_mode(exp, workdir)
