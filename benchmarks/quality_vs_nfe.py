@@ -16,7 +16,8 @@ Two targets:
   negative when samples fall between the modes, positive when they are too concentrated).
 - ``digits``: the model trained by ``configs/digits.py`` (VP SDE) in ``--workdir``. Quality: the
   Frechet distance between 300 samples and the 300 held-out digits in a fixed feature space, the
-  first 16 principal components of the 1,497 training digits (pixels in [0, 1]). The null row is
+  first 16 principal components of the 1,497 training digits (pixels in [0, 1]; samples put back on
+  the digits' 17 levels as ``--mode=sample`` writes them, ``sde_jax.data.to_levels``). The null row is
   300 training digits against the held-out ones (mean and standard deviation over 10 random
   subsets): no sampler can be expected below it.
 
@@ -33,9 +34,12 @@ printed. ``--from-json`` rewrites the tables and the plot from the saved measure
 ``sde_jax.sampling.optimize_levels`` at 5, 8 and 10 NFE, beside the best untuned few-step rows at
 the same NFE, on the ring mixture and on a second mixture the method was not designed on (every
 SDE, each with PC at N = 1000 as the target), and on the digits model at 10 NFE when ``--workdir``
-holds it; writes ``quality_vs_nfe_fitted.{json,md}`` (about 30 minutes on 2 CPU cores).
+holds it; writes ``quality_vs_nfe_fitted.{json,md}`` (about 35 minutes on 2 CPU cores).
+``--parts fitted-digits`` (alone) measures only the digits rows again and replaces them in the
+saved ``quality_vs_nfe_fitted.json`` (about 15 minutes).
 
-Run: ``python benchmarks/quality_vs_nfe.py [--parts mixture digits | fitted] [--workdir runs/digits]``.
+Run: ``python benchmarks/quality_vs_nfe.py [--parts mixture digits | fitted | fitted-digits]
+[--workdir runs/digits]``.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ sys.path.insert(0, str(ROOT))
 from sde_jax.closed_form import ring_mixture  # noqa: E402
 from sde_jax.programs.checkpoint import PREEMPTION, SNAPSHOTS, Checkpoints  # noqa: E402
 from sde_jax.programs.experiment import Experiment  # noqa: E402
+from sde_jax.programs.sampler import to_images  # noqa: E402
 from sde_jax.programs.workdir import SIGNATURE, check_signature  # noqa: E402
 from sde_jax.sampling import SOLVERS, optimize_levels, sample, solver_nfe, time_of  # noqa: E402
 from sde_jax.sampling.levels import noise_to_signal, scaled_prior_sample  # noqa: E402
@@ -71,6 +76,8 @@ from sde_jax.sde import VESDE, VPSDE, SubVPSDE  # noqa: E402
 
 NFE_TARGETS = (5, 10, 20, 35, 50, 100, 200)
 DIGITS_NFE_TARGETS = (5, 10, 20, 50, 100)
+NULL_SETS = 10  # Sets of training digits in the digits null.
+FITTED_DIGIT_SETS = 5  # Sample sets per row of the fitted digits table.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -367,7 +374,7 @@ def run_fitted_mixture(mixture, sde_name, reps=10, n=2000):
     return rows
 
 
-def run_fitted_digits(workdir, n=300, sets=5):
+def run_fitted_digits(workdir, n=300, sets=FITTED_DIGIT_SETS):
     """The digits model at 10 NFE on levels fitted as ``--mode=fit_levels`` does with
     ``configs/digits.py``'s defaults, against the untuned rows and the ODE the fit imitates (Dopri5
     at 1e-5 from the same prior samples): Fréchet distance of ``sets`` sets of ``n`` samples to the
@@ -391,7 +398,7 @@ def run_fitted_digits(workdir, n=300, sets=5):
                 x, nfe = jax.jit(functools.partial(teacher_solve, score_fn, sde))(y, s_min)
             else:
                 x, nfe = sample(key, score_fn, sde, (n, 8, 8, 1), method=method, z=z, **options)
-            images = np.clip((np.asarray(x) + 1.0) / 2.0, 0.0, 1.0)
+            images = _digit_images(x)
             fds.append(frechet_distance(project(images), test_f))
             nfes.append(int(nfe))
         return float(np.mean(fds)), float(np.std(fds, ddof=1)), int(np.mean(nfes))
@@ -413,13 +420,13 @@ def run_fitted_digits(workdir, n=300, sets=5):
 
 def _digits_null(n=300):
     """The training-digit null: the Fréchet distance of ``n`` training digits to the held-out ones,
-    (mean, s.d.) over 10 random sets."""
+    (mean, s.d.) over ``NULL_SETS`` random sets."""
     project, train, test = _features()
     test_f = project(test)
     rng = np.random.default_rng(0)
     null = [
         frechet_distance(project(train[rng.choice(len(train), n, replace=False)]), test_f)
-        for _ in range(10)
+        for _ in range(NULL_SETS)
     ]
     return float(np.mean(null)), float(np.std(null, ddof=1))
 
@@ -495,10 +502,17 @@ def fitted_report(rows, hw, digits_step):
                  f"(sampling.fit_samples prior samples, sampling.fit_iterations Adam steps; "
                  f"{fit.seconds:.0f} s). Fréchet distance (PCA-16) of 5 sets of 300 samples to "
                  "the held-out digits, mean ± s.d.; every row draws the same 5 prior sample sets. "
-                 f"The training-digit null is {null_mean:.3f} ± {null_sd:.3f} (s.d.).", "",
-                 "| method | NFE | Fréchet distance (PCA-16) |", "|---|---:|---|"]  # fmt: skip
+                 f"The training-digit null is {null_mean:.3f} ± {null_sd:.3f} (s.d. over "
+                 f"{NULL_SETS} sets). \"within\" is the mixtures' test against the null: the mean "
+                 "within two standard errors (of the difference) of the null's mean, or below.",
+                 "", "| method | NFE | Fréchet distance (PCA-16) | within the null |",
+                 "|---|---:|---|---|"]  # fmt: skip
         for r in digits:
-            text.append(f"| {r.label} | {r.nfe} | {r.quality:.3f} ± {r.quality_se:.3f} |")
+            se = math.hypot(
+                r.quality_se / math.sqrt(FITTED_DIGIT_SETS), null_sd / math.sqrt(NULL_SETS)
+            )
+            ok = "yes" if r.quality - null_mean <= 2 * se else "no"
+            text.append(f"| {r.label} | {r.nfe} | {r.quality:.3f} ± {r.quality_se:.3f} | {ok} |")
         text.append("")
     return "\n".join(text)
 
@@ -536,6 +550,15 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     covmean = linalg.sqrtm(cov_a @ cov_b).real
     return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a + cov_b - 2 * covmean))
+
+
+def _digit_images(x):
+    """Samples of the digits model as ``--mode=sample`` writes them: in [0, 1], on the digits' 17
+    levels, as the held-out digits are (the model is a density of the dequantized
+    :math:`(k + u) / 17`, the held-out digits are :math:`k / 16`)."""
+    from configs.digits import get_config
+
+    return to_images(Experiment.from_config(get_config()), x)
 
 
 def _load_digits_model(workdir):
@@ -583,7 +606,7 @@ def run_digits(workdir, n=300):
             x, nfe = sample(
                 jax.random.key(7), score_fn, run_sde, (n, 8, 8, 1), method=spec.method, **options
             )
-            images = np.clip((np.asarray(x) + 1.0) / 2.0, 0.0, 1.0)  # configs/digits.py: centered.
+            images = _digit_images(x)
             seconds = time.perf_counter() - start
             fd = frechet_distance(project(images), test_f)
             rows.append(Row("digits", "vp", spec.label, int(nfe), fd, null_sd, seconds=seconds))
@@ -813,17 +836,27 @@ def _train_digits_command(workdir):
 
 def run_fitted_part(args):
     """``--parts fitted``: the fitted-levels rows (both mixtures, every SDE; the digits model when
-    ``--workdir`` holds it), written to ``quality_vs_nfe_fitted.{json,md}``."""
+    ``--workdir`` holds it), written to ``quality_vs_nfe_fitted.{json,md}``. ``--parts
+    fitted-digits``: only the digits rows, replacing those of the saved ``.json`` (for a retrained
+    or another digits run; the mixture rows are kept)."""
     out = os.path.join(args.out, "quality_vs_nfe_fitted")
-    if args.from_json:
+    digits_only = args.parts == ["fitted-digits"]
+    if args.from_json or digits_only:
+        if not os.path.exists(f"{out}.json"):
+            sys.exit(f"error: no saved results in {out}.json; measure them with --parts fitted")
         with open(f"{out}.json") as f:
             saved = json.load(f)
         rows, hw, step = [Row(**r) for r in saved["rows"]], saved["hardware"], saved["digits_step"]
-    else:
-        hw, rows, step = hardware(), [], None
+    if not args.from_json:
+        if digits_only:
+            rows = [r for r in rows if r.part != "fitted-digits"]
+            _check_digits_run(args.workdir)
+        else:
+            rows = []
+        hw, step = hardware(), None
         print(hw)
         start = time.perf_counter()
-        for mixture in MIXTURES:
+        for mixture in () if digits_only else MIXTURES:
             for sde_name in ("vp", "ve", "subvp"):
                 rows += run_fitted_mixture(mixture, sde_name)
         if _digits_run_missing(args.workdir) is None and _other_model(args.workdir) is None:
@@ -842,6 +875,24 @@ def run_fitted_part(args):
         f.write(text)
 
 
+def _check_digits_run(workdir):
+    """Stops with one line if ``workdir`` holds no trained run of ``configs/digits.py``."""
+    missing = _digits_run_missing(workdir)
+    if missing:
+        sys.exit(
+            f"error: the digits part needs a trained digits run in --workdir={workdir}, which "
+            f"{missing}; train it with `{_train_digits_command(workdir)}` or leave the part out "
+            "with --parts mixture"
+        )
+    other = _other_model(workdir)
+    if other:
+        sys.exit(
+            f"error: --workdir={workdir} holds a run of another model than configs/digits.py "
+            f"({other}); pass the digits run's folder as --workdir, or leave the part out with "
+            "--parts mixture"
+        )
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -850,7 +901,7 @@ def main():
         "--parts",
         nargs="+",
         default=["mixture", "digits"],
-        choices=["mixture", "digits", "fitted"],
+        choices=["mixture", "digits", "fitted", "fitted-digits"],
         help="what to measure; --parts mixture skips the digits part (and needs no trained run)",
     )
     parser.add_argument(
@@ -865,27 +916,14 @@ def main():
         help="only rewrite the tables and the plot from the saved .json results",
     )
     args = parser.parse_args()
-    if args.parts == ["fitted"]:
+    fitted = [p for p in args.parts if p.startswith("fitted")]
+    if fitted:
+        if len(args.parts) > 1:
+            sys.exit(f"error: --parts {fitted[0]} runs alone (it writes quality_vs_nfe_fitted.*)")
         run_fitted_part(args)
         return
-    if "fitted" in args.parts:
-        sys.exit("error: --parts fitted runs alone (it writes quality_vs_nfe_fitted.*)")
     if "digits" in args.parts and not args.from_json:
-        # Checked before the mixture part, which takes most of the run time.
-        missing = _digits_run_missing(args.workdir)
-        if missing:
-            sys.exit(
-                f"error: the digits part needs a trained digits run in --workdir={args.workdir}, "
-                f"which {missing}; train it with `{_train_digits_command(args.workdir)}` or leave "
-                "the part out with --parts mixture"
-            )
-        other = _other_model(args.workdir)
-        if other:
-            sys.exit(
-                f"error: --workdir={args.workdir} holds a run of another model than "
-                f"configs/digits.py ({other}); pass the digits run's folder as --workdir, or "
-                "leave the part out with --parts mixture"
-            )
+        _check_digits_run(args.workdir)  # Before the mixture part, which takes most of the time.
     name = "quality_vs_nfe" if len(args.parts) == 2 else f"quality_vs_nfe_{args.parts[0]}"
     out = os.path.join(args.out, name)
     if args.from_json:
