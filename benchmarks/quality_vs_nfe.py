@@ -500,8 +500,9 @@ def fitted_report(rows, hw, digits_step):
         text += [f"## Digits model (configs/digits.py, step {digits_step})", "",
                  "Fitted as `--mode=fit_levels` does with configs/digits.py's defaults "
                  f"(sampling.fit_samples prior samples, sampling.fit_iterations Adam steps; "
-                 f"{fit.seconds:.0f} s). Fréchet distance (PCA-16) of 5 sets of 300 samples to "
-                 "the held-out digits, mean ± s.d.; every row draws the same 5 prior sample sets. "
+                 f"{fit.seconds:.0f} s). Fréchet distance (PCA-16) of {FITTED_DIGIT_SETS} sets of "
+                 "300 samples to the held-out digits, mean ± s.d.; every row draws the same prior "
+                 "sample sets. "
                  f"The training-digit null is {null_mean:.3f} ± {null_sd:.3f} (s.d. over "
                  f"{NULL_SETS} sets). \"within\" is the mixtures' test against the null: the mean "
                  "within two standard errors (of the difference) of the null's mean, or below.",
@@ -556,20 +557,24 @@ def _digit_images(x):
     """Samples of the digits model as ``--mode=sample`` writes them: in [0, 1], on the digits' 17
     levels, as the held-out digits are (the model is a density of the dequantized
     :math:`(k + u) / 17`, the held-out digits are :math:`k / 16`)."""
+    return to_images(_digits_experiment(), x)
+
+
+@functools.cache
+def _digits_experiment():
+    """The experiment of ``configs/digits.py``, the config the digits parts measure."""
     from configs.digits import get_config
 
-    return to_images(Experiment.from_config(get_config()), x)
+    return Experiment.from_config(get_config())
 
 
 def _load_digits_model(workdir):
     """The EMA score function of the digits run in ``workdir`` (read from a copy: never written)."""
-    from configs.digits import get_config
     from sde_jax.models import make_score_fn
     from sde_jax.programs.checkpoint import restore_ema
-    from sde_jax.programs.experiment import Experiment
     from sde_jax.sharding import make_mesh
 
-    exp = Experiment.from_config(get_config())
+    exp = _digits_experiment()
     with tempfile.TemporaryDirectory() as tmp:
         copy = os.path.join(tmp, "run")
         shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("samples", "tensorboard"))
@@ -817,10 +822,8 @@ def _digits_run_missing(workdir):
 
 def _other_model(workdir):
     """How the run in ``workdir`` differs from ``configs/digits.py`` (``None``: it does not)."""
-    from configs.digits import get_config
-
     try:
-        check_signature(workdir, Experiment.from_config(get_config()).signature())
+        check_signature(workdir, _digits_experiment().signature())
     except ValueError as e:
         return str(e).partition("Differences: ")[2] or str(e)
     return None
