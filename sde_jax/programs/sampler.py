@@ -141,7 +141,7 @@ def generate(
 def to_images(exp: Experiment, x: Any) -> np.ndarray:
     """Samples in the model's scale as images in [0, 1] on the data's levels
     (:func:`sde_jax.data.to_levels`): what grids and saved samples show."""
-    x01 = np.clip(inverse_scaler(exp.data)(np.asarray(x)), 0.0, 1.0)
+    x01 = inverse_scaler(exp.data)(np.asarray(x))  # to_levels sends values outside to the ends.
     return to_levels(x01, exp.data.num_levels, dequantized=exp.data.uniform_dequantization)
 
 
